@@ -1,0 +1,40 @@
+# dreamerjax: `make install`, `make test`, `make train`, `make bench`, `make lint`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/cartpole
+ARGS ?=
+LINT_PATHS := $(wildcard dreamerjax scripts experiments tests)
+
+.PHONY: install train test bench lint clean distclean FORCE
+
+install: $(STAMP)
+
+# (Re)install when the pins change, when the stamp is missing, or when the venv has no python.
+$(STAMP): setup.cfg pyproject.toml $(if $(wildcard $(PY)),,FORCE)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[dev]'
+	touch $@
+
+FORCE:
+
+train: install
+	$(PY) scripts/train.py --config=experiments/classic.py:task=CartPole-v1 --workdir=$(WORKDIR) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+bench: install
+	$(PY) scripts/benchmark.py --out=benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also removes the virtualenv.
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""dreamerjax: JAX/Flax world-model reinforcement learning."""

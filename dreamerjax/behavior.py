@@ -1,0 +1,123 @@
+"""Actor-critic learned in imagination (DreamerV1-V3 recipes as configuration).
+
+Trajectories `[N, H+1, ...]` start from every posterior state of the replayed batch (N = B*T) and
+roll the dynamics prior H steps under the actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dreamerjax import dists, heads, nets, ops
+from dreamerjax.types import ReturnNorm
+from dreamerjax.worldmodel import WorldModel
+
+sg = jax.lax.stop_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCritic:
+  world_model: WorldModel
+  discrete: bool
+  action_size: int
+  config: ml_collections.ConfigDict          # the `agent` section
+  model_config: ml_collections.ConfigDict    # the `model` section (units, norm, act)
+
+  def __post_init__(self):
+    m, a = self.model_config, self.config
+    common = dict(norm=m.norm, act=m.act, dtype=jnp.dtype(m.compute_dtype))
+    outputs = self.action_size if self.discrete else 2 * self.action_size
+    object.__setattr__(self, 'actor', nets.Head(outputs, a.actor_layers, m.units, **common))
+    object.__setattr__(self, 'critic', nets.Head(
+        heads.scalar_outputs(a.critic_head, m.bins), a.critic_layers, m.units,
+        zero_init=a.critic_head == 'twohot', **common))
+    mix = a.actor_grad_mix
+    if mix < 0:  # auto: REINFORCE for discrete actions, dynamics backprop for continuous ones
+      mix = 1.0 if self.discrete else 0.0
+    object.__setattr__(self, 'reinforce_mix', float(mix))
+
+  def init(self, key):
+    actor_key, critic_key = jax.random.split(key)
+    features = jnp.zeros((1, self.world_model.dynamics.feature_size))
+    critic = self.critic.init(critic_key, features)
+    return self.actor.init(actor_key, features), critic
+
+  def action_dist(self, actor_params, features) -> dists.ActionDist:
+    return dists.ActionDist(self.discrete, self.actor.apply(actor_params, features),
+                            unimix=self.config.actor_unimix)
+
+  def value(self, critic_params, features) -> jax.Array:
+    return heads.scalar_predict(self.config.critic_head, self.critic.apply(critic_params, features),
+                                self.world_model.bins)
+
+  def rollout(self, wm_params, actor_params, starts, key):
+    """Imagines from `starts` (`[N, F]` features); returns `(features [N,H+1,F], actions [N,H,A])`."""
+    dynamics = self.world_model.dynamics
+    policy = lambda features, k: self.action_dist(actor_params, features).sample(k)  # noqa: E731
+    _, features, actions = dynamics.imagine(
+        wm_params['dynamics'], dynamics.state_from_features(starts), policy, self.config.horizon,
+        key)
+    return features, actions
+
+  def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont):
+    """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory."""
+    a = self.config
+    wm = self.world_model
+    reward = wm.reward(wm_params, features[:, 1:])
+    cont = (wm.cont_logits(wm_params, features[:, 1:]) > 0).astype(jnp.float32)
+    cont = jnp.concatenate([start_cont[:, None], cont], 1)
+    value = self.value(critic_params, features)
+    target_value = self.value(slow_critic_params, features) if a.slow_critic_target else value
+    discount = a.discount * cont
+    returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
+    # A state's weight is the probability of still being in the episode when reaching it.
+    weight = sg(jnp.cumprod(discount, 1) / a.discount)[:, :-1]
+    return returns, value, weight
+
+  def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
+                 starts, start_cont, key, trajectory=None):
+    """Actor loss; imagines inside (so gradients can flow through dynamics) unless given one."""
+    a = self.config
+    if trajectory is None:
+      trajectory = self.rollout(sg(wm_params), actor_params, starts, key)
+    features, actions = trajectory
+    returns, value, weight = self.returns(sg(wm_params), sg(critic_params),
+                                          sg(slow_critic_params), features, start_cont)
+    if a.return_norm == 'percentile':
+      low, high, scale = ops.percentile_range_update(
+          return_norm.low, return_norm.high, returns, a.return_norm_decay,
+          tuple(a.return_norm_percentiles))
+    else:
+      low, high, scale = return_norm.low, return_norm.high, jnp.float32(1.0)
+    dist = self.action_dist(actor_params, sg(features[:, :-1]))
+    advantage = (returns - value[:, :-1]) / scale
+    objective = jnp.zeros_like(returns)
+    if self.reinforce_mix > 0:
+      objective += self.reinforce_mix * dist.log_prob(actions) * sg(advantage)
+    if self.reinforce_mix < 1:
+      objective += (1.0 - self.reinforce_mix) * returns / scale
+    entropy = dist.entropy()
+    loss = -jnp.mean(weight * (objective + a.entropy * entropy))
+    aux = dict(features=sg(features), returns=sg(returns), weight=weight,
+               return_norm=ReturnNorm(low=low, high=high),
+               metrics={'ac/actor_loss': loss, 'ac/entropy': jnp.mean(entropy),
+                        'ac/return_mean': jnp.mean(returns), 'ac/value_mean': jnp.mean(value),
+                        'ac/return_scale': scale, 'ac/advantage_std': jnp.std(advantage),
+                        'ac/imagined_reward': jnp.mean(
+                            self.world_model.reward(sg(wm_params), sg(features[:, 1:])))})
+    return loss, aux
+
+  def critic_loss(self, critic_params, slow_critic_params, features, returns, weight):
+    a = self.config
+    outputs = self.critic.apply(critic_params, features[:, :-1])
+    loss = heads.scalar_loss(a.critic_head, outputs, returns, self.world_model.bins)
+    if a.slow_critic_reg > 0:
+      slow_value = self.value(slow_critic_params, features[:, :-1])
+      loss += a.slow_critic_reg * heads.scalar_loss(a.critic_head, outputs, slow_value,
+                                                    self.world_model.bins)
+    loss = jnp.mean(weight * loss)
+    return loss, {'ac/critic_loss': loss}

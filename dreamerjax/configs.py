@@ -1,0 +1,223 @@
+"""Default configuration, size and variant presets, and validation.
+
+Fields that depend on the model size or the variant are placeholders (`None`) in the defaults;
+`resolve(config)` fills them from `SIZES[config.size]` and `VARIANTS[config.variant]` unless the user
+set them (on the command line, `--config.model.deter=256` always wins over a preset).
+Experiment files in `experiments/` start from `base()` and set suite values.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+# Public DreamerV3 shapes (32 stochastic groups for all). `tiny` and `small` are CPU presets.
+SIZES = {
+    'tiny': dict(deter=256, hidden=64, classes=8, stoch=16, depth=8, units=64, blocks=4),
+    'small': dict(deter=512, hidden=128, classes=16, stoch=16, depth=16, units=128, blocks=8),
+    '1m': dict(deter=512, hidden=64, classes=4, depth=4, units=64),
+    '12m': dict(deter=2048, hidden=256, classes=16, depth=16, units=256),
+    '25m': dict(deter=3072, hidden=384, classes=24, depth=24, units=384),
+    '50m': dict(deter=4096, hidden=512, classes=32, depth=32, units=512),
+    '100m': dict(deter=6144, hidden=768, classes=48, depth=48, units=768),
+    '200m': dict(deter=8192, hidden=1024, classes=64, depth=64, units=1024),
+    '400m': dict(deter=12288, hidden=1536, classes=96, depth=96, units=1536),
+}
+SIZE_DEFAULTS = dict(stoch=32, blocks=8)
+
+# Each variant is a recipe over the same parts. Paper values; see README for sources.
+VARIANTS = {
+    # DreamerV3 (Hafner et al. 2023, arXiv:2301.04104v1 hyperparameter table).
+    'dreamerv3': dict(
+        model=dict(latent='categorical', unimix=0.01, free_nats=1.0, dyn_scale=0.5,
+                   rep_scale=0.1, reward_head='twohot'),
+        agent=dict(critic_head='twohot', actor_grad_mix=1.0, entropy=3e-4, slow_critic_reg=1.0,
+                   slow_critic_target=False, return_norm='percentile'),
+        optim=dict(model_lr=1e-4, actor_lr=3e-5, critic_lr=3e-5)),
+    # DreamerV2 (Hafner et al. 2021): 32x32 categorical, KL balancing 0.8, mixed actor gradients
+    # (REINFORCE for discrete actions, dynamics backprop for continuous), target critic.
+    'dreamerv2': dict(
+        model=dict(latent='categorical', classes=32, unimix=0.0, free_nats=0.0, dyn_scale=0.8,
+                   rep_scale=0.2, reward_head='mse'),
+        agent=dict(critic_head='mse', actor_grad_mix=-1.0, entropy=1e-3, slow_critic_reg=0.0,
+                   slow_critic_target=True, return_norm='none'),
+        optim=dict(model_lr=2e-4, actor_lr=4e-5, critic_lr=1e-4)),
+    # DreamerV1 (Hafner et al. 2020): Gaussian latent, free nats 3, dynamics backprop for the actor.
+    'dreamerv1': dict(
+        model=dict(latent='gaussian', unimix=0.0, free_nats=3.0, dyn_scale=1.0, rep_scale=1.0,
+                   reward_head='mse'),
+        agent=dict(critic_head='mse', actor_grad_mix=0.0, entropy=0.0, slow_critic_reg=0.0,
+                   slow_critic_target=False, return_norm='none'),
+        optim=dict(model_lr=6e-4, actor_lr=8e-5, critic_lr=8e-5)),
+}
+
+MODES = ('online',)
+
+
+def _placeholder(kind):
+  return config_dict.placeholder(kind)
+
+
+def base() -> ml_collections.ConfigDict:
+  """Defaults shared by every suite."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = 'CartPole-v1'
+  c.variant = 'dreamerv3'
+  c.size = '12m'
+
+  c.env = ml_collections.ConfigDict()
+  c.env.image_size = 64
+  c.env.from_pixels = False
+  c.env.sticky = False
+  c.env.noop_max = 30
+  c.env.max_episode_steps = _placeholder(int)
+
+  c.run = ml_collections.ConfigDict()
+  c.run.mode = 'online'
+  c.run.steps = 100_000                # total env steps (all envs together)
+  c.run.train_ratio = 512.0           # replayed steps (batch * length) per env step
+  c.run.envs = 4
+  c.run.batch_size = 16
+  c.run.batch_length = 64
+  c.run.replay_capacity = 1_000_000    # env steps held
+  c.run.prefill = 2_500                # random-policy env steps before training
+  c.run.log_every = 1_000              # env steps between metric writes
+  c.run.eval_every = 10_000            # env steps between evaluations (0: never)
+  c.run.eval_episodes = 4
+  c.run.save_every_minutes = 10.0
+  c.run.keep_checkpoints = 3
+  c.run.force = False                  # start over even if the workdir holds another run
+
+  c.model = ml_collections.ConfigDict()
+  for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
+    c.model[key] = _placeholder(int)
+  c.model.latent = _placeholder(str)
+  for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
+    c.model[key] = _placeholder(float)
+  c.model.reward_head = _placeholder(str)
+  c.model.encoder_layers = 3
+  c.model.decoder_layers = 3
+  c.model.head_layers = 1
+  c.model.norm = 'layer'
+  c.model.act = 'silu'
+  c.model.kernel = 4
+  c.model.compute_dtype = 'float32'
+  c.model.bins = 255
+  c.model.decoder_scale = 1.0
+  c.model.reward_scale = 1.0
+  c.model.cont_scale = 1.0
+
+  c.agent = ml_collections.ConfigDict()
+  c.agent.horizon = 15
+  c.agent.discount = 1.0 - 1.0 / 333.0
+  c.agent.lam = 0.95
+  c.agent.entropy = _placeholder(float)
+  c.agent.actor_layers = 3
+  c.agent.critic_layers = 3
+  c.agent.actor_unimix = 0.01
+  c.agent.critic_head = _placeholder(str)
+  c.agent.actor_grad_mix = _placeholder(float)   # 1: REINFORCE, 0: dynamics backprop, -1: auto
+  c.agent.slow_critic_rate = 0.02
+  c.agent.slow_critic_reg = _placeholder(float)
+  c.agent.slow_critic_target = _placeholder(bool)
+  c.agent.return_norm = _placeholder(str)
+  c.agent.return_norm_decay = 0.99
+  c.agent.return_norm_percentiles = (5.0, 95.0)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.model_lr = _placeholder(float)
+  c.optim.actor_lr = _placeholder(float)
+  c.optim.critic_lr = _placeholder(float)
+  c.optim.eps = 1e-8
+  c.optim.actor_critic_eps = 1e-5
+  c.optim.model_clip = 1000.0
+  c.optim.actor_critic_clip = 100.0
+  return c
+
+
+def parse_options(arg: str | None, allowed: set[str]) -> dict[str, str | bool]:
+  """Parses `task=Pong-v5,size=12m,debug` into a dict; bare words become True."""
+  options = {}
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    key = key.strip()
+    if key not in allowed:
+      raise ValueError(f'unknown experiment option {key!r}; known options: {sorted(allowed)}')
+    options[key] = value.strip() if value else True
+  return options
+
+
+def _unknown(kind: str, name: str, known) -> ValueError:
+  close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.4)
+  hint = f' Did you mean {", ".join(close)}?' if close else ''
+  return ValueError(f'unknown {kind} {name!r}.{hint} Known: {", ".join(known)}.')
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Returns a copy with size and variant presets filled in where the user left placeholders."""
+  if config.size not in SIZES:
+    raise _unknown('size preset (--config.size)', config.size, SIZES)
+  if config.variant not in VARIANTS:
+    raise _unknown('variant (--config.variant)', config.variant, VARIANTS)
+  config = ml_collections.ConfigDict(config.to_dict())
+  variant = VARIANTS[config.variant]
+  # Variant values override size values (DreamerV2's 32 classes), user values override both.
+  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size]}}, variant]
+  for layer in reversed(layers):
+    for section, values in layer.items():
+      for key, value in values.items():
+        if config[section][key] is None:
+          config[section][key] = value
+  return config
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ValueError naming the flag to change for values that cannot work."""
+  run = config.run
+  problems = []
+  if config.run.mode not in MODES:
+    problems.append(f'--config.run.mode={run.mode!r} is not one of {MODES}')
+  if run.train_ratio <= 0:
+    problems.append(f'--config.run.train_ratio must be > 0 (got {run.train_ratio}); it counts '
+                    'replayed steps per env step')
+  if run.steps <= 0:
+    problems.append(f'--config.run.steps must be > 0 (got {run.steps})')
+  if run.envs < 1:
+    problems.append(f'--config.run.envs must be >= 1 (got {run.envs})')
+  if run.batch_size < 1 or run.batch_length < 2:
+    problems.append('--config.run.batch_size must be >= 1 and --config.run.batch_length >= 2')
+  if run.batch_size % num_devices:
+    problems.append(f'--config.run.batch_size={run.batch_size} is not divisible by the '
+                    f'{num_devices} devices of the data axis; use a multiple of {num_devices}')
+  if run.envs % num_devices:
+    problems.append(f'--config.run.envs={run.envs} is not divisible by the {num_devices} devices '
+                    f'of the data axis; use a multiple of {num_devices}')
+  per_env = run.replay_capacity // max(run.envs, 1)
+  if per_env < run.batch_length:
+    problems.append(f'--config.run.replay_capacity={run.replay_capacity} holds {per_env} steps per '
+                    f'env, fewer than one sequence of batch_length={run.batch_length}; raise it to '
+                    f'at least {run.batch_length * run.envs}')
+  if run.replay_capacity < run.batch_size * run.batch_length:
+    problems.append(f'--config.run.replay_capacity={run.replay_capacity} is smaller than one batch '
+                    f'({run.batch_size}x{run.batch_length}); raise it')
+  model, agent = config.model, config.agent
+  if model.latent not in ('categorical', 'gaussian'):
+    problems.append(f'--config.model.latent must be categorical or gaussian (got {model.latent!r})')
+  for name, value in (('reward_head', model.reward_head), ('critic_head', agent.critic_head)):
+    if value not in ('twohot', 'mse'):
+      problems.append(f'--config.*.{name} must be twohot or mse (got {value!r})')
+  if model.deter % model.blocks:
+    problems.append(f'--config.model.deter={model.deter} must be divisible by '
+                    f'--config.model.blocks={model.blocks}')
+  if not 0.0 <= agent.lam <= 1.0 or not 0.0 < agent.discount <= 1.0:
+    problems.append('--config.agent.lam must be in [0, 1] and --config.agent.discount in (0, 1]')
+  if agent.return_norm not in ('percentile', 'none'):
+    problems.append(f'--config.agent.return_norm must be percentile or none '
+                    f'(got {agent.return_norm!r})')
+  if model.compute_dtype not in ('float32', 'bfloat16'):
+    problems.append('--config.model.compute_dtype must be float32 or bfloat16')
+  if problems:
+    raise ValueError('invalid config:\n  - ' + '\n  - '.join(problems))

@@ -1,0 +1,279 @@
+"""Run logging: console progress, ``metrics.jsonl``, TensorBoard scalars, GIF videos, plots.
+
+Layout inside a run's workdir::
+
+    metrics.jsonl        one JSON object per line: {"step": 1000, "wm/loss": 0.5, ...}
+    tensorboard/         tensorboardX event files
+    videos/<name>_<step>.gif
+    plots/<key>.png      written by :func:`plot_curve`
+
+``metrics.jsonl`` is only ever appended to, so a resumed run continues the same file. A line
+cut short by a crash is dropped when the file is reopened and skipped by :func:`read_metrics`.
+Only the process with ``enabled=True`` (JAX process 0) writes anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import json
+import math
+import os
+import time
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+
+METRICS_FILE = 'metrics.jsonl'
+RETURN_KEY = 'episode/return'
+
+
+def _to_float(key: str, value: Any) -> float | None:
+    """Converts a scalar (python, numpy or jax) to a python float; non-finite -> None."""
+    try:
+        x = float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f'metric {key!r} is not a scalar number: {value!r}') from e
+    return x if math.isfinite(x) else None
+
+
+def _format_duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(max(seconds, 0.0))))
+
+
+def _drop_partial_last_line(path: str) -> None:
+    """Truncates ``path`` after its last newline (removes a line cut short by a crash)."""
+    if not os.path.exists(path):
+        return
+    with open(path, 'rb+') as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b'\n':
+            return
+        # Scan back for the last newline.
+        pos, block = size, 4096
+        keep = 0
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            idx = chunk.rfind(b'\n')
+            if idx >= 0:
+                keep = start + idx + 1
+                break
+            pos = start
+        f.truncate(keep)
+
+
+class Logger:
+    """Writes metrics of one run. Every method is a no-op when ``enabled`` is False."""
+
+    def __init__(
+        self,
+        workdir: str,
+        total_steps: int,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        console_every_s: float = 10.0,
+    ):
+        self.workdir = workdir
+        self.total_steps = int(total_steps)
+        self.enabled = enabled
+        self.console_every_s = float(console_every_s)
+        self._clock = time.monotonic  # replaceable in tests
+        self._file = None
+        self._writer = None
+        self._returns: collections.deque[float] = collections.deque(maxlen=10)
+        self._start_time = self._clock()
+        self._last: tuple[float, int, int] | None = None  # (time, step, updates) at last print
+        self._video_warned = False
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, METRICS_FILE)
+        _drop_partial_last_line(path)
+        self._file = open(path, 'a', encoding='utf-8')
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30)
+
+    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Appends ``{"step": step, **metrics}`` to metrics.jsonl and TensorBoard."""
+        if not self.enabled or self._file is None:
+            return
+        if 'step' in metrics:
+            raise ValueError("'step' is reserved in metrics; pass it as the step argument")
+        step = int(step)
+        values = {k: _to_float(k, v) for k, v in metrics.items()}
+        self._file.write(json.dumps({'step': step, **values}, allow_nan=False) + '\n')
+        self._file.flush()
+        if RETURN_KEY in values and values[RETURN_KEY] is not None:
+            self._returns.append(values[RETURN_KEY])
+        if self._writer is not None:
+            for k, v in values.items():
+                self._writer.add_scalar(k, float('nan') if v is None else v, step)
+
+    def progress(self, step: int, updates: int, force: bool = False) -> str | None:
+        """Prints one progress line at most every ``console_every_s`` (always when ``force``).
+
+        Rates are measured over the interval since the previously printed line (the first call
+        only starts the clock unless ``force``). Returns the printed line, or None.
+        """
+        if not self.enabled:
+            return None
+        now = self._clock()
+        step, updates = int(step), int(updates)
+        if self._last is None and not force:
+            self._last = (now, step, updates)
+            return None
+        if not force and now - self._last[0] < self.console_every_s:
+            return None
+        steps_rate = updates_rate = None
+        if self._last is not None and now > self._last[0]:
+            dt = now - self._last[0]
+            steps_rate = (step - self._last[1]) / dt
+            updates_rate = (updates - self._last[2]) / dt
+        self._last = (now, step, updates)
+
+        total = max(self.total_steps, 1)
+        pct = 100.0 * min(step / total, 1.0)
+        elapsed = now - self._start_time
+        parts = [f'[{pct:3.0f}%] {step:,}/{self.total_steps:,} env steps']
+        parts.append(f'{steps_rate:,.0f} steps/s' if steps_rate is not None else '- steps/s')
+        parts.append(f'{updates_rate:.1f} updates/s' if updates_rate is not None else '- updates/s')
+        if self._returns:
+            mean = sum(self._returns) / len(self._returns)
+            parts.append(f'return {mean:.1f} ({len(self._returns)} ep)')
+        else:
+            parts.append('return - (0 ep)')
+        if steps_rate is not None and steps_rate > 0:
+            eta = _format_duration(max(self.total_steps - step, 0) / steps_rate)
+        elif step >= self.total_steps:
+            eta = _format_duration(0)
+        else:
+            eta = '?'
+        parts.append(f'{_format_duration(elapsed)} elapsed, ETA {eta}')
+        line = ' | '.join(parts)
+        print(line, flush=True)
+        return line
+
+    def video(self, step: int, name: str, frames: Any, fps: int = 10) -> str | None:
+        """Writes ``frames`` (uint8 ``[T, H, W, C]``, C in {1, 3}) to videos/<name>_<step>.gif."""
+        if not self.enabled:
+            return None
+        try:
+            from PIL import Image  # Pillow is a dependency of matplotlib.
+        except ImportError:
+            if not self._video_warned:
+                warnings.warn('Pillow is not installed: videos are not written', stacklevel=2)
+                self._video_warned = True
+            return None
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] not in (1, 3):
+            raise ValueError(f'video frames must be [T, H, W, 1|3], got {frames.shape}')
+        if frames.dtype != np.uint8:
+            frames = np.clip(frames, 0, 255).astype(np.uint8)
+        if frames.shape[-1] == 1:
+            frames = frames[..., 0]
+        os.makedirs(os.path.join(self.workdir, 'videos'), exist_ok=True)
+        path = os.path.join(self.workdir, 'videos', f'{name.replace("/", "_")}_{int(step)}.gif')
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(
+            path, save_all=True, append_images=images[1:],
+            duration=max(1, round(1000 / fps)), loop=0,
+        )
+        return path
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Reads metrics.jsonl (``path`` may be the file or the workdir).
+
+    A last line cut short by a crash is skipped; a malformed line elsewhere is skipped with a
+    warning.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, METRICS_FILE)
+    with open(path, encoding='utf-8') as f:
+        lines = f.read().split('\n')
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1 and any(x.strip() for x in lines[i + 1:]):
+                warnings.warn(f'{path}:{i + 1}: skipping malformed line', stacklevel=2)
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r['step'], r[key]) for r in rows if r.get(key) is not None and 'step' in r]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    x, y = np.asarray(pts, dtype=np.float64).T
+    return x, y
+
+
+def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` points (fewer at the start)."""
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    end = np.arange(1, len(y) + 1)
+    start = np.maximum(0, end - window)
+    return (c[end] - c[start]) / (end - start)
+
+
+def plot_curve(workdir: str, key: str = RETURN_KEY, out: str | None = None) -> str:
+    """Plots ``key`` (and ``eval/<key>`` if logged) against env steps; returns the PNG path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(workdir)
+    if out is None:
+        out = os.path.join(workdir, 'plots', key.replace('/', '_') + '.png')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    keys = [key] + ([f'eval/{key}'] if not key.startswith('eval/') else [])
+    plotted = False
+    for i, k in enumerate(keys):
+        x, y = _series(rows, k)
+        if len(x) == 0:
+            continue
+        color = f'C{i}'
+        window = max(1, min(20, len(y) // 10 or 1))
+        ax.plot(x, y, '.', color=color, alpha=0.3, markersize=3)
+        ax.plot(x, _moving_average(y, window), '-', color=color, label=f'{k} (avg {window})')
+        plotted = True
+    if plotted:
+        ax.legend(loc='best', fontsize='small')
+    else:
+        ax.text(0.5, 0.5, f'no data for {key!r}', ha='center', va='center',
+                transform=ax.transAxes)
+    ax.set_xlabel('env steps')
+    ax.set_ylabel(key)
+    ax.set_title(os.path.basename(os.path.normpath(workdir)))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, format='png')
+    return out

@@ -1,0 +1,99 @@
+"""Pure math used across the Dreamer family: symlog transforms, twohot encoding, lambda returns.
+
+Shapes use `B` (batch), `T` (time) and `K` (bins). Every function is jit- and vmap-safe.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def symlog(x: jax.Array) -> jax.Array:
+  """sign(x) * log(1 + |x|): compresses large magnitudes symmetrically (DreamerV3 eq. 1)."""
+  return jnp.sign(x) * jnp.log1p(jnp.abs(x))
+
+
+def symexp(x: jax.Array) -> jax.Array:
+  """Inverse of `symlog`: sign(x) * (exp(|x|) - 1)."""
+  return jnp.sign(x) * jnp.expm1(jnp.abs(x))
+
+
+def symexp_bins(num: int = 255, low: float = -20.0, high: float = 20.0) -> jax.Array:
+  """Bin centres `symexp(linspace(low, high, num))`, dense near zero and sparse for large values."""
+  return symexp(jnp.linspace(low, high, num, dtype=jnp.float32))
+
+
+def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:
+  """Twohot target weights `[..., K]` for values `x` `[...]` over sorted `bins` `[K]`.
+
+  The weight is split between the two bins that enclose x, in inverse proportion to the distance,
+  so that `sum(weights * bins) == x` inside the bin range. Values outside the range put all weight
+  on the nearest edge bin.
+  """
+  num = bins.shape[0]
+  x = x.astype(jnp.float32)
+  # Index of the last bin <= x, clipped so that `below + 1` exists.
+  below = jnp.clip(jnp.sum((bins <= x[..., None]).astype(jnp.int32), -1) - 1, 0, num - 2)
+  above = below + 1
+  low, high = bins[below], bins[above]
+  weight_above = jnp.clip((x - low) / (high - low), 0.0, 1.0)
+  weight_below = 1.0 - weight_above
+  return (jax.nn.one_hot(below, num) * weight_below[..., None]
+          + jax.nn.one_hot(above, num) * weight_above[..., None])
+
+
+def twohot_mean(logits: jax.Array, bins: jax.Array) -> jax.Array:
+  """Expected value `sum(softmax(logits) * bins)` over the last axis `[..., K] -> [...]`."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+  return jnp.sum(probs * bins, -1)
+
+
+def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Array:
+  """Cross-entropy of `logits` `[..., K]` against `twohot(target)`; returns `[...]`."""
+  weights = jax.lax.stop_gradient(twohot(target, bins))
+  return -jnp.sum(weights * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
+
+
+def lambda_returns(reward: jax.Array, cont: jax.Array, value: jax.Array, lam: float) -> jax.Array:
+  """TD(lambda) returns, computed backwards in time.
+
+  `R_t = r_t + cont_t * ((1 - lam) * v_{t+1} + lam * R_{t+1})` with `R_T = v_T`.
+
+  Args:
+    reward: `[T, ...]` reward received on the transition t -> t+1.
+    cont: `[T, ...]` continuation times discount for that transition.
+    value: `[T+1, ...]` value estimates v_0 ... v_T.
+    lam: the lambda mixing coefficient.
+  Returns:
+    `[T, ...]` returns R_0 ... R_{T-1}.
+  """
+  if value.shape[0] != reward.shape[0] + 1:
+    raise ValueError(f'value needs one more step than reward: {value.shape} vs {reward.shape}')
+
+  def backward(next_return, inputs):
+    r, c, next_value = inputs
+    ret = r + c * ((1.0 - lam) * next_value + lam * next_return)
+    return ret, ret
+
+  _, returns = jax.lax.scan(backward, value[-1], (reward, cont, value[1:]), reverse=True)
+  return returns
+
+
+def percentile_range_update(low: jax.Array, high: jax.Array, returns: jax.Array, decay: float,
+                            percentiles: tuple[float, float] = (5.0, 95.0)):
+  """EMA of the `percentiles` of `returns` (DreamerV3 return normalization).
+
+  Returns the new `(low, high)` and the scale `max(1, high - low)` to divide advantages by.
+  """
+  values = jax.lax.stop_gradient(returns.astype(jnp.float32)).reshape(-1)
+  batch_low = jnp.percentile(values, percentiles[0])
+  batch_high = jnp.percentile(values, percentiles[1])
+  low = decay * low + (1.0 - decay) * batch_low
+  high = decay * high + (1.0 - decay) * batch_high
+  return low, high, jnp.maximum(1.0, high - low)
+
+
+def straight_through(sample: jax.Array, probs: jax.Array) -> jax.Array:
+  """Forward value `sample`, gradient of `probs`: `sample + probs - stop_gradient(probs)`."""
+  return sample + probs - jax.lax.stop_gradient(probs)
