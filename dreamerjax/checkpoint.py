@@ -66,7 +66,7 @@ def _check_matches(restored: Any, abstract_state: Any) -> None:
         raise ValueError(f'restored tree structure {restored_structure} differs from the '
                          f'target {target_structure}')
     targets = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
-    for (path, want), got in zip(targets, jax.tree.leaves(restored)):
+    for (path, want), got in zip(targets, jax.tree.leaves(restored), strict=True):
         if tuple(np.shape(got)) != tuple(want.shape) or np.dtype(got.dtype) != want.dtype:
             raise ValueError(f'restored leaf {jax.tree_util.keystr(path)} is {np.shape(got)} '
                              f'{got.dtype}, expected {want.shape} {want.dtype}')

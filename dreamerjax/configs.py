@@ -15,6 +15,7 @@ from ml_collections import config_dict
 
 # Public DreamerV3 shapes (32 stochastic groups for all). `tiny` and `small` are CPU presets.
 SIZES = {
+    'debug': dict(deter=64, hidden=32, classes=4, stoch=4, depth=4, units=32, blocks=2),
     'tiny': dict(deter=256, hidden=64, classes=8, stoch=16, depth=8, units=64, blocks=4),
     'small': dict(deter=512, hidden=128, classes=16, stoch=16, depth=16, units=128, blocks=8),
     '1m': dict(deter=512, hidden=64, classes=4, depth=4, units=64),
@@ -127,6 +128,9 @@ def base() -> ml_collections.ConfigDict:
   c.agent.return_norm_decay = 0.99
   c.agent.return_norm_percentiles = (5.0, 95.0)
 
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.devices = 0                # devices on the data axis (0: all visible)
+
   c.optim = ml_collections.ConfigDict()
   c.optim.model_lr = _placeholder(float)
   c.optim.actor_lr = _placeholder(float)
@@ -136,6 +140,46 @@ def base() -> ml_collections.ConfigDict:
   c.optim.model_clip = 1000.0
   c.optim.actor_critic_clip = 100.0
   return c
+
+
+OPTIONS = {'task', 'variant', 'size', 'seed', 'debug'}
+
+# `debug` shrinks a run to seconds: for tests and for checking that a command works.
+DEBUG = {
+    'size': 'debug',
+    'run': dict(steps=400, prefill=100, train_ratio=64.0, batch_size=4, batch_length=16,
+                replay_capacity=4_000, log_every=100, eval_every=0, eval_episodes=1),
+    'agent': dict(horizon=4, actor_layers=1, critic_layers=1),
+    'model': dict(encoder_layers=1, decoder_layers=1, bins=31),
+}
+
+
+def update(config: ml_collections.ConfigDict, values: dict) -> None:
+  """Nested in-place update: `{'run': {'steps': 10}}` sets `config.run.steps`."""
+  for key, value in values.items():
+    if key not in config:
+      raise KeyError(f'unknown config key {key!r}')
+    if isinstance(value, dict):
+      update(config[key], value)
+    else:
+      config[key] = value
+
+
+def experiment(arg: str | None, suite: dict, debug: dict | None = None) -> ml_collections.ConfigDict:
+  """Builds a suite's config from `base()`, the suite's values and the options string `arg`
+  (`task=...,variant=...,size=...,seed=...,debug`)."""
+  options = parse_options(arg, OPTIONS)
+  config = base()
+  update(config, suite)
+  for key in ('task', 'variant', 'size'):
+    if key in options:
+      config[key] = options[key]
+  if 'seed' in options:
+    config.seed = int(options['seed'])
+  if options.get('debug'):
+    update(config, DEBUG)
+    update(config, debug or {})
+  return config
 
 
 def parse_options(arg: str | None, allowed: set[str]) -> dict[str, str | bool]:

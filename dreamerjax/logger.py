@@ -18,6 +18,7 @@ import collections
 import datetime
 import json
 import math
+import logging as pylogging
 import os
 import time
 import warnings
@@ -277,3 +278,18 @@ def plot_curve(workdir: str, key: str = RETURN_KEY, out: str | None = None) -> s
     fig.tight_layout()
     fig.savefig(out, format='png')
     return out
+
+
+class _DropLibraryInfo(pylogging.Filter):
+    """Drops INFO records of chatty libraries (orbax logs every save step at INFO)."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return record.levelno > pylogging.INFO or not any(
+            part in record.pathname for part in ('/orbax/', '/etils/'))
+
+
+def quiet_library_logs() -> None:
+    """Keeps absl INFO output to this framework's own messages."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())

@@ -210,7 +210,7 @@ def memory_bytes(spec: Spec, num_envs: int, capacity: int) -> int:
 
 
 def shardings(mesh: Mesh, state: ReplayState) -> ReplayState:
-    """Shardings for a (possibly abstract) state: data split over ``'data'``, position replicated."""
+    """Shardings for a (possibly abstract) state: data split on ``'data'``, position replicated."""
     data_sharding = NamedSharding(mesh, PartitionSpec('data'))
     return ReplayState(
         data=jax.tree.map(lambda _: data_sharding, state.data),

@@ -37,7 +37,8 @@ def make_state(scale: int = 1) -> dict:
 
 def assert_trees_equal(got, expected):
     assert jax.tree.structure(got) == jax.tree.structure(expected)
-    for got_leaf, expected_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    for got_leaf, expected_leaf in zip(jax.tree.leaves(got), jax.tree.leaves(expected),
+                                       strict=True):
         if jnp.issubdtype(expected_leaf.dtype, jax.dtypes.prng_key):
             assert got_leaf.dtype == expected_leaf.dtype
             got_leaf, expected_leaf = jax.random.key_data(got_leaf), jax.random.key_data(

@@ -1,0 +1,28 @@
+"""Classic control from envpool: CartPole-v1, Acrobot-v1, Pendulum-v1, MountainCar-v0.
+
+    python scripts/train.py --config=experiments/classic.py:task=CartPole-v1 --workdir=runs/cartpole
+    python scripts/train.py --config=experiments/classic.py:task=Pendulum-v1,seed=1 --workdir=...
+    python scripts/train.py --config=experiments/classic.py:task=CartPole-v1,debug --workdir=/tmp/x
+
+The default is the CPU-sized DreamerV3 run that `make train` launches (CartPole to a return of
+about 400 or more in under 15 minutes on 2 CPU cores).
+"""
+
+from dreamerjax import configs
+
+TASKS = ('CartPole-v1', 'Acrobot-v1', 'Pendulum-v1', 'MountainCar-v0')
+
+SUITE = {
+    'task': 'CartPole-v1',
+    'size': 'tiny',
+    'run': dict(steps=60_000, train_ratio=64.0, envs=4, batch_size=16, batch_length=32,
+                replay_capacity=100_000, prefill=2_000, log_every=2_000, eval_every=10_000,
+                eval_episodes=4, save_every_minutes=5.0),
+    'model': dict(encoder_layers=2, decoder_layers=2, units=64),
+    'agent': dict(actor_layers=2, critic_layers=2),
+    'optim': dict(model_lr=3e-4, actor_lr=1e-4, critic_lr=1e-4),
+}
+
+
+def get_config(arg=None):
+  return configs.experiment(arg, SUITE)
