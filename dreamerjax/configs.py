@@ -91,6 +91,7 @@ def base() -> ml_collections.ConfigDict:
   c.run.save_every_minutes = 10.0
   c.run.keep_checkpoints = 3
   c.run.force = False                  # start over even if the workdir holds another run
+  c.run.compile_cache = '~/.cache/dreamerjax/xla'  # persistent XLA cache ('' disables)
 
   c.model = ml_collections.ConfigDict()
   for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def symlog(x: jax.Array) -> jax.Array:
@@ -21,7 +22,9 @@ def symexp(x: jax.Array) -> jax.Array:
 
 def symexp_bins(num: int = 255, low: float = -20.0, high: float = 20.0) -> jax.Array:
   """Bin centres `symexp(linspace(low, high, num))`, dense near zero and sparse for large values."""
-  return symexp(jnp.linspace(low, high, num, dtype=jnp.float32))
+  # In float64 on the host, so the centre bin of an odd count is exactly zero.
+  points = np.linspace(low, high, num, dtype=np.float64)
+  return jnp.asarray(np.sign(points) * np.expm1(np.abs(points)), jnp.float32)
 
 
 def twohot(x: jax.Array, bins: jax.Array) -> jax.Array:

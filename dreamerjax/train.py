@@ -25,7 +25,7 @@ from dreamerjax.checkpoint import Checkpointer
 from dreamerjax.logger import Logger, plot_curve
 
 # Keys that may change when a run is resumed: they extend or re-time the run, not change it.
-RESUMABLE_CHANGES = ('run.steps', 'run.log_every', 'run.eval_every', 'run.eval_episodes',
+RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every', 'run.eval_episodes',
                      'run.save_every_minutes', 'run.keep_checkpoints', 'run.force')
 CONFIG_FILE = 'config.json'
 
@@ -135,6 +135,8 @@ def _model_obs(obs: dict, env: envs.VectorEnv) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains an agent as `config` says, in `workdir`; returns a summary of the run."""
   config = configs.resolve(config)
+  if config.run.compile_cache and not jax.config.jax_compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.run.compile_cache))
   mesh = parallel.make_mesh(config.parallel.devices)
   configs.validate(config, mesh.size)
   run_config = config.run
@@ -222,6 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_log = step
         elapsed = time.monotonic() - start_time
         row = {'run/env_steps_per_s': (step - start_step) / max(elapsed, 1e-9),
+               'run/seconds': elapsed,
                'run/updates': counters['updates'], 'run/replay_size': int(
                    replay.size(replay_state))}
         if metrics is not None:

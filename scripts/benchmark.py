@@ -1,0 +1,70 @@
+"""Benchmarks behind `make bench`; writes JSON under --out (default benchmarks/).
+
+    python scripts/benchmark.py --out=benchmarks                     # everything
+    python scripts/benchmark.py --only=train_step --sizes=1m,12m
+    python scripts/benchmark.py --only=loop
+"""
+
+import importlib.util
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from dreamerjax import benchmark  # noqa: E402
+from dreamerjax.logger import quiet_library_logs  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_OUT = flags.DEFINE_string('out', 'benchmarks', 'Output directory.')
+_ONLY = flags.DEFINE_list('only', ['train_step', 'loop'], 'Which benchmarks to run.')
+_SIZES = flags.DEFINE_list('sizes', ['1m', '12m'], 'Size presets for the train_step benchmark.')
+_OBS = flags.DEFINE_list('obs', ['vector', 'image'], 'Observation kinds for train_step.')
+
+
+def _suite(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'experiments',
+                                                                   f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.SUITE
+
+
+def _write(name, records):
+  os.makedirs(_OUT.value, exist_ok=True)
+  path = os.path.join(_OUT.value, f'{name}.json')
+  with open(path, 'w') as f:
+    json.dump({'machine': benchmark.machine(), 'records': records}, f, indent=2)
+  logging.info('Wrote %s', path)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
+  if 'train_step' in _ONLY.value:
+    records = []
+    for size in _SIZES.value:
+      for obs in _OBS.value:
+        record = benchmark.train_step_record(size, obs)
+        logging.info('%s', record)
+        records.append(record)
+        _write('train_step', records)
+  if 'loop' in _ONLY.value:
+    records = []
+    for suite, task, steps in (('classic', 'CartPole-v1', 4000), ('atari100k', 'Pong-v5', 2000)):
+      config_suite = _suite(suite)
+      if suite == 'atari100k':  # the CPU preset, so the loop measures plumbing, not a 12m model
+        config_suite = {**config_suite, 'size': 'tiny'}
+      default_ratio = config_suite['run']['train_ratio']
+      for ratio in (0.0, default_ratio):
+        record = benchmark.loop_record(config_suite, task, ratio, steps)
+        logging.info('%s', record)
+        records.append(record)
+        _write('loop', records)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,166 @@
+"""Contracts of the agent core: dynamics shapes, train_step on every obs/action kind, one compile,
+learning on a fixed batch, and the non-finite guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamerjax import configs
+from dreamerjax.agent import Agent, check_finite
+
+B, T = 3, 8
+
+
+def small_config(variant='dreamerv3', optim=None, **model):
+  config = configs.base()
+  config.variant = variant
+  config.size = 'debug'
+  configs.update(config, configs.DEBUG)
+  config.agent.horizon = 3
+  configs.update(config, {'model': model, 'optim': optim or {}})
+  return configs.resolve(config)
+
+
+def make_agent(obs_kind='vector', discrete=True, variant='dreamerv3', actions=3, optim=None,
+               **model):
+  space = ({'vector': ((5,), np.float32)} if obs_kind == 'vector'
+           else {'image': ((16, 16, 3), np.uint8)})
+  return Agent(small_config(variant, optim, **model), space, discrete, actions)
+
+
+def make_batch(agent, seed=0):
+  rng = np.random.default_rng(seed)
+  batch = {}
+  for key, (shape, dtype) in agent.obs_space.items():
+    if dtype == np.uint8:
+      batch[key] = rng.integers(0, 255, (B, T, *shape)).astype(np.uint8)
+    else:
+      batch[key] = rng.normal(size=(B, T, *shape)).astype(np.float32)
+  if agent.discrete:
+    batch['action'] = np.eye(agent.action_size, dtype=np.float32)[
+        rng.integers(0, agent.action_size, (B, T))]
+  else:
+    batch['action'] = rng.uniform(-1, 1, (B, T, agent.action_size)).astype(np.float32)
+  batch['reward'] = rng.normal(size=(B, T)).astype(np.float32)
+  batch['is_first'] = np.zeros((B, T), bool)
+  batch['is_last'] = np.zeros((B, T), bool)
+  batch['is_terminal'] = rng.random((B, T)) < 0.1
+  return jax.tree.map(jnp.asarray, batch)
+
+
+@pytest.mark.parametrize('latent', ['categorical', 'gaussian'])
+def test_dynamics_observe_imagine_shapes(latent):
+  agent = make_agent(latent=latent)
+  dynamics = agent.world_model.dynamics
+  world_params = agent.world_model.init(jax.random.key(0))
+  params = world_params['dynamics']
+  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
+  carry, feats, post, prior = dynamics.observe(
+      params, dynamics.initial(B), embed, jnp.zeros((B, T, 3)), jnp.zeros((B, T), bool),
+      jax.random.key(1))
+  F = dynamics.feature_size
+  assert feats.shape == (B, T, F)
+  assert carry['deter'].shape == (B, dynamics.cell.deter)
+  if latent == 'categorical':
+    assert post['logits'].shape == prior['logits'].shape == (B, T, 4, 4)
+  else:
+    assert post['mean'].shape == prior['std'].shape == (B, T, 4)
+  dyn, rep = dynamics.loss(post, prior, free_nats=1.0)
+  assert dyn.shape == rep.shape == (B, T) and float(jnp.min(dyn)) >= 1.0
+  policy = lambda f, k: jax.nn.one_hot(jnp.zeros(f.shape[0], int), 3)  # noqa: E731
+  carry, img_feats, img_actions = dynamics.imagine(
+      params, dynamics.state_from_features(feats[:, -1]), policy, 5, jax.random.key(2))
+  assert img_feats.shape == (B, 6, F) and img_actions.shape == (B, 5, 3)
+  np.testing.assert_allclose(img_feats[:, 0], feats[:, -1], rtol=1e-6)
+
+
+def test_observe_resets_on_is_first():
+  agent = make_agent()
+  world_params = agent.world_model.init(jax.random.key(0))
+  dynamics = agent.world_model.dynamics
+  rng = np.random.default_rng(0)
+  embed = agent.world_model.encode(world_params, {'vector': jnp.asarray(
+      rng.normal(size=(1, T, 5)).astype(np.float32))})
+  actions = jnp.asarray(rng.normal(size=(1, T, 3)).astype(np.float32))
+  first = np.zeros((1, T), bool)
+  first[0, 0] = first[0, 4] = True
+  observe = lambda e, a: dynamics.observe(  # noqa: E731
+      world_params['dynamics'], dynamics.initial(1), e, a, jnp.asarray(first),
+      jax.random.key(3))[1]
+  feats = observe(embed, actions)
+  # Changing everything before the reset at t=4 leaves t >= 4 unchanged (same keys per step).
+  changed = observe(embed.at[:, :4].multiply(-3.0), actions.at[:, :4].set(7.0))
+  np.testing.assert_allclose(feats[:, 4:], changed[:, 4:], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(feats[:, :4], changed[:, :4])
+
+
+@pytest.mark.parametrize('obs_kind,discrete,variant', [
+    ('vector', True, 'dreamerv3'), ('vector', False, 'dreamerv3'),
+    ('image', True, 'dreamerv3'), ('image', False, 'dreamerv3'),
+    ('vector', False, 'dreamerv1'), ('vector', True, 'dreamerv2'),
+])
+def test_train_step_runs_and_compiles_once(obs_kind, discrete, variant):
+  agent = make_agent(obs_kind, discrete, variant)
+  state = agent.init(jax.random.key(0))
+  step = jax.jit(agent.train_step, donate_argnums=0)
+  for seed in range(3):
+    state, metrics = step(state, make_batch(agent, seed))
+  assert step._cache_size() == 1
+  assert int(state.step) == 3
+  values = jax.device_get(metrics)
+  assert all(np.isfinite(v) for v in values.values()), values
+  assert values['train/nonfinite'] == 0.0
+  for key in ('wm/loss', 'ac/actor_loss', 'ac/critic_loss', 'ac/return_mean'):
+    assert key in values
+  carry = agent.initial_policy_carry(2)
+  obs = {k: v[:2, 0] for k, v in make_batch(agent).items() if k in agent.obs_space}
+  obs['is_first'] = jnp.ones(2, bool)
+  policy = jax.jit(agent.policy_step, static_argnames='mode')
+  for mode in ('train', 'eval'):
+    carry, action = policy(state, carry, obs, jax.random.key(1), mode=mode)
+    assert action.shape == (2, agent.action_size)
+    env_action = agent.env_action(action)
+    assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
+
+
+def test_variants_select_the_recipe():
+  v1, v2, v3 = (small_config(v) for v in ('dreamerv1', 'dreamerv2', 'dreamerv3'))
+  assert (v1.model.latent, v2.model.latent, v3.model.latent) == ('gaussian', 'categorical',
+                                                                   'categorical')
+  assert v2.model.classes == 32 and v3.model.classes == 4
+  assert (v2.model.dyn_scale, v2.model.rep_scale) == (0.8, 0.2)
+  assert (v3.model.dyn_scale, v3.model.rep_scale, v3.model.free_nats) == (0.5, 0.1, 1.0)
+  assert make_agent(variant='dreamerv1').behavior.reinforce_mix == 0.0
+  assert make_agent(variant='dreamerv2', discrete=True).behavior.reinforce_mix == 1.0
+  assert make_agent(variant='dreamerv2', discrete=False).behavior.reinforce_mix == 0.0
+  # A user override wins over the preset.
+  config = configs.base()
+  config.variant, config.size, config.model.classes = 'dreamerv2', 'debug', 8
+  assert configs.resolve(config).model.classes == 8
+
+
+def test_world_model_loss_falls_on_fixed_batch():
+  agent = make_agent(optim={'model_lr': 1e-3})
+  state = agent.init(jax.random.key(0))
+  batch = make_batch(agent)
+  step = jax.jit(agent.train_step, donate_argnums=0)
+  losses = []
+  for _ in range(100):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['wm/loss']))
+  assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), (losses[:10], losses[-10:])
+
+
+def test_nonfinite_loss_raises_and_keeps_state():
+  agent = make_agent()
+  state = agent.init(jax.random.key(0))
+  before = jax.tree.map(np.asarray, state.params)
+  batch = make_batch(agent)
+  batch['vector'] = batch['vector'].at[0, 0, 0].set(jnp.nan)
+  state, metrics = jax.jit(agent.train_step)(state, batch)
+  fetched = jax.device_get(metrics)
+  assert fetched['train/nonfinite'] == 1.0
+  with pytest.raises(FloatingPointError, match='non-finite loss at env step 7'):
+    check_finite(fetched, 7)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))

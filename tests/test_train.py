@@ -1,0 +1,154 @@
+"""End-to-end runs of the training loop on real envpool environments, resume, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dreamerjax import configs, logger, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def debug_config(suite='classic', task='CartPole-v1', **run):
+  config = configs.experiment(f'task={task},debug', _suite(suite))
+  configs.update(config, {'run': run})
+  return config
+
+
+def _suite(name):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'experiments',
+                                                                   f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.SUITE
+
+
+def train_script(workdir, config_arg, *overrides, timeout=600):
+  command = [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'), f'--config={config_arg}',
+             f'--workdir={workdir}', *overrides]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('suite,task', [
+    ('classic', 'CartPole-v1'), ('atari100k', 'Pong-v5'), ('dmc_proprio', 'CartpoleBalance-v1')])
+def test_train_script_end_to_end(tmp_path, suite, task):
+  workdir = tmp_path / 'run'
+  output = train_script(workdir, f'experiments/{suite}.py:task={task},debug',
+                        '--config.run.steps=240', '--config.run.eval_every=200')
+  assert 'env steps/s' in output  # the progress line
+  rows = logger.read_metrics(str(workdir / 'metrics.jsonl'))
+  assert max(row['step'] for row in rows) == 240
+  assert any('wm/loss' in row for row in rows)
+  assert any('eval/episode/return' in row for row in rows)
+  assert (workdir / 'plots' / 'episode_return.png').exists()
+  assert json.loads((workdir / 'config.json').read_text())['task'] == task
+  assert (workdir / 'checkpoints' / '240').is_dir()
+
+
+def test_resume_continues_the_same_run(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = train.run(debug_config(steps=200), workdir)
+  assert first['env_step'] == 200 and first['updates'] > 0
+  # Raising the budget extends the run: it restores the step, the replay and the counters.
+  second = train.run(debug_config(steps=320), workdir)
+  assert second['env_step'] == 320
+  assert second['updates'] > first['updates']
+  steps = [row['step'] for row in logger.read_metrics(workdir) if 'run/replay_size' in row]
+  replay_sizes = [row['run/replay_size'] for row in logger.read_metrics(workdir)
+                  if 'run/replay_size' in row]
+  assert steps == sorted(steps) and steps[-1] == 320
+  # The replay after resuming holds what was saved plus what came since (capacity 4000).
+  assert replay_sizes[-1] == 320 + 2  # +1 reset observation per env and run
+  # Same budget again: nothing left to do, the run ends at once at the same step.
+  third = train.run(debug_config(steps=320), workdir)
+  assert third['env_step'] == 320 and third['updates'] == second['updates']
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
+  workdir = tmp_path / 'run'
+  train.run(debug_config(steps=120, save_every_minutes=0.0), str(workdir))
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(steps) >= 2
+  latest = workdir / 'checkpoints' / str(steps[-1])
+  for path in latest.rglob('*'):
+    if path.is_file() and path.stat().st_size > 0:
+      path.write_bytes(b'\0' * path.stat().st_size)
+  summary = train.run(debug_config(steps=160), str(workdir))
+  assert summary['env_step'] == 160
+  assert any('Could not restore checkpoint step' in r.getMessage() for r in caplog.records)
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path):
+  workdir = tmp_path / 'run'
+  command = [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'),
+             '--config=experiments/classic.py:task=CartPole-v1,debug', f'--workdir={workdir}',
+             '--config.run.steps=1000000', '--config.run.save_every_minutes=1000']
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=ROOT)
+  deadline = time.time() + 300
+  metrics = workdir / 'metrics.jsonl'
+  while time.time() < deadline and not (metrics.exists() and 'wm/loss' in metrics.read_text()):
+    time.sleep(1)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=120)
+  assert process.returncode == 0, output[-3000:]
+  assert 'Stopped by SIGTERM' in output
+  saved = [p for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert saved and int(saved[0].name) > 0
+
+
+@pytest.mark.parametrize('change,message', [
+    (dict(task='CartPol-v1'), 'CartPole-v1'),
+    (dict(variant='dreamerv9'), 'unknown variant'),
+    (dict(size='13m'), 'unknown size preset'),
+    (dict(run=dict(train_ratio=0.0)), 'train_ratio must be > 0'),
+    (dict(run=dict(replay_capacity=10)), 'replay_capacity'),
+    (dict(model=dict(latent='beta')), 'latent must be'),
+])
+def test_bad_input_is_rejected_before_compiling(tmp_path, change, message):
+  config = debug_config()
+  configs.update(config, change)
+  start = time.time()
+  with pytest.raises(ValueError, match=message):
+    train.run(config, str(tmp_path / 'run'))
+  assert time.time() - start < 30
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_unknown_experiment_option():
+  with pytest.raises(ValueError, match='unknown experiment option'):
+    configs.experiment('taks=CartPole-v1', {})
+
+
+def test_incompatible_workdir_needs_force(tmp_path):
+  workdir = str(tmp_path / 'run')
+  train.run(debug_config(steps=100), workdir)
+  changed = debug_config(steps=100)
+  changed.run.batch_length = 8
+  changed.agent.horizon = 3
+  with pytest.raises(ValueError, match=r'run.batch_length: saved 16, now 8') as error:
+    train.run(changed, workdir)
+  assert 'agent.horizon' in str(error.value) and '--config.run.force=True' in str(error.value)
+  changed.run.force = True
+  assert train.run(changed, workdir)['env_step'] == 100
+
+
+def test_batch_not_divisible_by_devices(run_with_devices):
+  output = run_with_devices('''
+      from dreamerjax import configs, train
+      config = configs.experiment('task=CartPole-v1,debug', {})
+      config.run.batch_size = 6
+      try:
+        train.run(config, '/tmp/never-created-dreamerjax')
+      except ValueError as error:
+        print('ERROR', error)
+      ''', device_count=4)
+  assert 'batch_size=6 is not divisible by the 4 devices' in output
