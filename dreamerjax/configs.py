@@ -65,6 +65,7 @@ def base() -> ml_collections.ConfigDict:
   """Defaults shared by every suite."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.num_seeds = 1                      # independent agents in one program: seeds seed..seed+K-1
   c.task = 'CartPole-v1'
   c.variant = 'dreamerv3'
   c.size = '12m'
@@ -92,6 +93,7 @@ def base() -> ml_collections.ConfigDict:
   c.run.keep_checkpoints = 3
   c.run.force = False                  # start over even if the workdir holds another run
   c.run.compile_cache = '~/.cache/dreamerjax/xla'  # persistent XLA cache ('' disables)
+  c.run.transfer_guard = False         # fail on implicit host<->device copies in the loop (debug)
 
   c.model = ml_collections.ConfigDict()
   for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
@@ -131,6 +133,10 @@ def base() -> ml_collections.ConfigDict:
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.devices = 0                # devices on the data axis (0: all visible)
+  # (regex over TrainState leaf paths, PartitionSpec tuple): shard matching parameters (and their
+  # optimizer moments) FSDP-style, e.g. (('dynamics/.*kernel$', ('data', None)),). The first match
+  # wins; unmatched leaves are replicated. See parallel.state_shardings.
+  c.parallel.param_rules = ()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.model_lr = _placeholder(float)
@@ -220,9 +226,15 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-  """Raises ValueError naming the flag to change for values that cannot work."""
+  """Raises ValueError naming the flag to change for values that cannot work on `num_devices`
+  devices of the data axis (over all processes: each process steps its share of the envs)."""
+  from dreamerjax import parallel  # imports jax; keep this module light
+
   run = config.run
   problems = []
+  if config.num_seeds < 1:
+    problems.append(f'--config.num_seeds must be >= 1 (got {config.num_seeds})')
+  problems.extend(parallel.check_rules(config.parallel.param_rules))
   if config.run.mode not in MODES:
     problems.append(f'--config.run.mode={run.mode!r} is not one of {MODES}')
   if run.train_ratio <= 0:

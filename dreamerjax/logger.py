@@ -2,7 +2,8 @@
 
 Layout inside a run's workdir::
 
-    metrics.jsonl        one JSON object per line: {"step": 1000, "wm/loss": 0.5, ...}
+    metrics.jsonl        one JSON object per line: {"step": 1000, "wm/loss": 0.5, ...}; runs of
+                         several seeds add "seed": k to each per-seed row
     tensorboard/         tensorboardX event files
     videos/<name>_<step>.gif
     plots/<key>.png      written by :func:`plot_curve`
@@ -102,21 +103,27 @@ class Logger:
 
             self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30)
 
-    def write(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Appends ``{"step": step, **metrics}`` to metrics.jsonl and TensorBoard."""
+    def write(self, step: int, metrics: Mapping[str, Any], seed: int | None = None) -> None:
+        """Appends ``{"step": step, **metrics}`` to metrics.jsonl and TensorBoard.
+
+        ``seed`` (runs of several seeds, ``config.num_seeds > 1``) tags the row of one seed:
+        ``{"step": step, "seed": seed, **metrics}``, and TensorBoard tags ``<key>/seed<seed>``.
+        """
         if not self.enabled or self._file is None:
             return
-        if 'step' in metrics:
-            raise ValueError("'step' is reserved in metrics; pass it as the step argument")
+        if 'step' in metrics or 'seed' in metrics:
+            raise ValueError("'step' and 'seed' are reserved in metrics; pass them as arguments")
         step = int(step)
         values = {k: _to_float(k, v) for k, v in metrics.items()}
-        self._file.write(json.dumps({'step': step, **values}, allow_nan=False) + '\n')
+        row = {'step': step, **({} if seed is None else {'seed': int(seed)}), **values}
+        self._file.write(json.dumps(row, allow_nan=False) + '\n')
         self._file.flush()
         if RETURN_KEY in values and values[RETURN_KEY] is not None:
             self._returns.append(values[RETURN_KEY])
         if self._writer is not None:
+            suffix = '' if seed is None else f'/seed{int(seed)}'
             for k, v in values.items():
-                self._writer.add_scalar(k, float('nan') if v is None else v, step)
+                self._writer.add_scalar(k + suffix, float('nan') if v is None else v, step)
 
     def progress(self, step: int, updates: int, force: bool = False) -> str | None:
         """Prints one progress line at most every ``console_every_s`` (always when ``force``).

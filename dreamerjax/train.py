@@ -7,12 +7,15 @@ checkpoint that restores.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
 import shutil
 import signal
 import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -22,11 +25,13 @@ from absl import logging
 from dreamerjax import configs, envs, parallel, replay
 from dreamerjax.agent import Agent, check_finite
 from dreamerjax.checkpoint import Checkpointer
+from dreamerjax.envgroup import EnvGroup
 from dreamerjax.logger import Logger, plot_curve
 
 # Keys that may change when a run is resumed: they extend or re-time the run, not change it.
-RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every', 'run.eval_episodes',
-                     'run.save_every_minutes', 'run.keep_checkpoints', 'run.force')
+RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every',
+                     'run.eval_episodes', 'run.save_every_minutes', 'run.keep_checkpoints',
+                     'run.force', 'run.transfer_guard')
 CONFIG_FILE = 'config.json'
 
 
@@ -49,8 +54,11 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path) as f:
       saved = _flatten(json.load(f))
     new = _flatten(json.loads(json.dumps(current)))
-    differ = sorted(k for k in set(saved) | set(new)
-                    if k not in RESUMABLE_CHANGES and saved.get(k, '<unset>') != new.get(k, '<unset>'))
+    # A run saved before a key existed ran with its default.
+    defaults = _flatten(json.loads(json.dumps(configs.base().to_dict())))
+    saved = {**{k: v for k, v in defaults.items() if k in new}, **saved}
+    differ = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_CHANGES
+                    and saved.get(k, '<unset>') != new.get(k, '<unset>'))
     if differ:
       lines = [f'  {k}: saved {saved.get(k, "<unset>")!r}, now {new.get(k, "<unset>")!r}'
                for k in differ]
@@ -58,16 +66,19 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           f'{workdir} holds a run with a different config:\n' + '\n'.join(lines) +
           '\nUse another --workdir, or pass --config.run.force=True to delete that run and start '
           'over.')
-  elif config.run.force:
-    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'plots'):
-      target = os.path.join(workdir, name)
-      if os.path.isdir(target):
-        shutil.rmtree(target)
-      elif os.path.exists(target):
-        os.remove(target)
-  if jax.process_index() == 0:
+  # Every process has read config.json before process 0 replaces it (or deletes the old run).
+  parallel.barrier('dreamerjax: workdir checked')
+  if parallel.is_main_process():
+    if config.run.force:
+      for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'plots'):
+        target = os.path.join(workdir, name)
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        elif os.path.exists(target):
+          os.remove(target)
     with open(path, 'w') as f:
       json.dump(current, f, indent=2, sort_keys=True)
+  parallel.barrier('dreamerjax: workdir ready')
 
 
 class _StopFlag:
@@ -94,7 +105,7 @@ class _StopFlag:
       signal.signal(sig, handler)
 
 
-def replay_spec(env: envs.VectorEnv) -> dict:
+def replay_spec(env: envs.VectorEnv | EnvGroup) -> dict:
   return {**env.obs_space, 'action': ((env.act_space.num_actions,), np.float32),
           'reward': ((), np.float32), 'is_first': ((), np.bool_), 'is_last': ((), np.bool_),
           'is_terminal': ((), np.bool_)}
@@ -107,52 +118,176 @@ def make_env(config, num_envs: int, seed: int) -> envs.VectorEnv:
                        max_episode_steps=config.env.max_episode_steps)
 
 
-def evaluate(agent: Agent, policy, state, config, episodes: int, seed: int,
-             max_steps: int = 100_000) -> list[float]:
-  """Returns of the first episode of each of `episodes` eval envs, acting with the policy mode."""
-  env = make_env(config, episodes, seed)
+def make_env_group(config, num_envs: int, seed: int, layout: parallel.Layout,
+                   shared: bool = True) -> EnvGroup:
+  """The envs of seeds `seed .. seed + K - 1`; split over processes if `shared`, else every
+  process steps all of them (evaluation, whose arrays are replicated)."""
+  index, count = (jax.process_index(), jax.process_count()) if shared else (0, 1)
+  return EnvGroup(functools.partial(make_env, config), num_envs,
+                  [seed + k for k in range(layout.num_seeds)], layout.stacked, index, count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The jitted functions of the loop, with explicit shardings. Shapes per seed, behind a `[K]`
+  axis with several seeds (see `parallel.Layout`); `N` envs per seed, `A` action size.
+
+  train(state, replay) -> (state, metrics): samples `[B, T]` from every replay shard, one
+    `agent.train_step`; the state is donated, metrics are replicated scalars.
+  policy(state, carry, obs, key, step) -> (carry, action `[N, A]`): acting with envs split over
+    `data`; the carry is donated; the key is folded with the env step inside.
+  eval_policy: the same with the policy mode, on replicated eval envs.
+  add(replay, step) -> replay: writes one step `[N, ...]` of every env; the replay is donated.
+  """
+
+  train: Callable
+  policy: Callable
+  eval_policy: Callable
+  add: Callable
+  state_sharding: Any
+  replay_sharding: Any
+
+
+def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDict,
+          spec: dict) -> tuple[Programs, Callable, Callable]:
+  """Jitted programs, and functions that create the state and the replay with their shardings."""
+  run_config, mesh = config.run, layout.mesh
+  keys = lambda: layout.seed_keys(config.seed)  # noqa: E731
+  init = layout.over_seeds(agent.init)
+  state_sharding = parallel.state_shardings(layout, jax.eval_shape(lambda: init(keys())),
+                                            config.parallel.param_rules)
+  make_replay = lambda: layout.broadcast(replay.init(  # noqa: E731
+      spec, run_config.envs, run_config.replay_capacity, num_shards=mesh.size))
+  replay_sharding = layout.with_seed_axis(replay.shardings(mesh, jax.eval_shape(
+      lambda: replay.init(spec, run_config.envs, run_config.replay_capacity,
+                          num_shards=mesh.size))))
+  batch_size, length = run_config.batch_size, run_config.batch_length
+  batch_sharding = parallel.data_sharded(mesh)
+
+  def train(state, replay_state):
+    rng, sample_key = jax.random.split(state.rng)
+    batch = replay.sample(replay_state, sample_key, batch_size, length)
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return agent.train_step(state.replace(rng=rng), batch)
+
+  def acting(mode):
+    def policy(state, carry, obs, key, step):
+      return agent.policy_step(state, carry, obs, jax.random.fold_in(key, step), mode=mode)
+    return layout.over_seeds(policy, in_axes=(0, 0, 0, 0, None))
+
+  scalar, per_env, whole = parallel.replicated(mesh), layout.per_env, layout.replicated
+  programs = Programs(
+      train=jax.jit(layout.over_seeds(train), in_shardings=(state_sharding, replay_sharding),
+                    out_shardings=(state_sharding, whole), donate_argnums=0),
+      policy=jax.jit(acting('train'),
+                     in_shardings=(state_sharding, per_env, per_env, whole, scalar),
+                     out_shardings=(per_env, per_env), donate_argnums=1),
+      eval_policy=jax.jit(acting('eval'),
+                          in_shardings=(state_sharding, whole, whole, whole, scalar),
+                          out_shardings=(whole, whole), donate_argnums=1),
+      add=jax.jit(layout.over_seeds(replay.add), in_shardings=(replay_sharding, per_env),
+                  out_shardings=replay_sharding, donate_argnums=0),
+      state_sharding=state_sharding, replay_sharding=replay_sharding)
+  make_state = jax.jit(lambda: init(keys()), out_shardings=state_sharding)
+  return programs, make_state, jax.jit(make_replay, out_shardings=replay_sharding)
+
+
+def initial_carry(agent: Agent, layout: parallel.Layout, num_envs: int, sharding) -> dict:
+  return jax.jit(lambda: layout.broadcast(agent.initial_policy_carry(num_envs)),
+                 out_shardings=sharding)()
+
+
+def policy_keys(layout: parallel.Layout, seed: int, env_step: int) -> jax.Array:
+  """Acting keys `[K?]` of a run (re)started at `env_step`, made on the devices."""
+  fold = layout.over_seeds(jax.random.fold_in, in_axes=(0, None))
+  return jax.jit(lambda: fold(layout.seed_keys(seed), env_step + 1),
+                 out_shardings=layout.replicated)()
+
+
+def evaluate(agent: Agent, programs: Programs, state, config, layout: parallel.Layout,
+             episodes: int, seed: int, max_steps: int = 100_000) -> np.ndarray:
+  """Returns `[K?, episodes]` of the first episode of each of `episodes` eval envs per seed,
+  acting with the policy mode. Every process steps all eval envs (replicated arrays)."""
+  env = make_env_group(config, episodes, seed, layout, shared=False)
   try:
     obs = env.reset()
-    carry = agent.initial_policy_carry(episodes)
-    returns: dict[int, float] = {}
-    key = jax.random.key(seed)
+    whole, scalar = layout.replicated, parallel.replicated(layout.mesh)
+    carry = initial_carry(agent, layout, episodes, whole)
+    keys = jax.jit(lambda: layout.seed_keys(seed), out_shardings=whole)()
+    returns: dict[tuple[int, int], float] = {}
     for step in range(max_steps):
-      carry, action = policy(state, carry, _model_obs(obs, env), jax.random.fold_in(key, step))
-      obs = env.step(agent.env_action(action))
-      for index, episode_return, _ in env.pop_finished_episodes():
-        returns.setdefault(index, episode_return)
-      if len(returns) == episodes:
+      carry, action = programs.eval_policy(state, carry, layout.put(_model_obs(obs, env), whole),
+                                           keys, layout.put(np.int32(step), scalar))
+      obs = env.step(agent.env_action(parallel.to_host(action)))
+      for seed_index, index, episode_return, _ in env.pop_finished_episodes():
+        returns.setdefault((seed_index, index), episode_return)
+      if len(returns) == layout.num_seeds * episodes:
         break
-    return [returns[i] for i in sorted(returns)]
+    table = np.array([[returns[(k, i)] for i in range(episodes)]
+                      for k in range(layout.num_seeds)])
+    return table if layout.stacked else table[0]
   finally:
     env.close()
 
 
-def _model_obs(obs: dict, env: envs.VectorEnv) -> dict:
+def _model_obs(obs: dict, env: envs.VectorEnv | EnvGroup) -> dict:
   return {key: obs[key] for key in (*env.obs_space, 'is_first')}
 
 
+def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
+  """The newest checkpoint of the run in `workdir`: `(env step, TrainState, ReplayState, meta)`,
+  sharded as the run had them (every process calls it with several processes)."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    config = configs.base()  # keys added since the run was saved keep their defaults
+    configs.update(config, json.load(f))
+  mesh = parallel.make_mesh(config.parallel.devices)
+  layout = parallel.Layout(mesh, config.num_seeds)
+  env = make_env(config, 1, config.seed)
+  env.close()
+  agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
+  programs, make_state, make_replay = build(agent, layout, config, replay_spec(env))
+  with_sharding = lambda tree, shardings: jax.tree.map(  # noqa: E731
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  abstract = {'agent': with_sharding(jax.eval_shape(make_state), programs.state_sharding),
+              'replay': with_sharding(jax.eval_shape(make_replay), programs.replay_sharding)}
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    restored = checkpointer.restore_latest(abstract)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
+  step, tree, meta = restored
+  return step, tree['agent'], tree['replay'], meta
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains an agent as `config` says, in `workdir`; returns a summary of the run."""
+  """Trains `config.num_seeds` agents as `config` says, in `workdir`; returns a summary.
+
+  Every process of a multi-process job calls it: each steps its share of the envs, all save and
+  restore checkpoints together, and only process 0 writes logs, metrics, config.json and plots.
+  With several seeds, per-seed rows of metrics.jsonl (episodes, train metrics, evaluations) carry
+  a `seed` field (0 .. K-1, the agent trained with `config.seed + seed`); `run/` rows have none.
+  """
   config = configs.resolve(config)
   if config.run.compile_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.run.compile_cache))
   mesh = parallel.make_mesh(config.parallel.devices)
   configs.validate(config, mesh.size)
+  layout = parallel.Layout(mesh, config.num_seeds)
   run_config = config.run
-  env = make_env(config, run_config.envs, config.seed)
+  env = make_env_group(config, run_config.envs, config.seed, layout)
   prepare_workdir(config, workdir)
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
   spec = replay_spec(env)
-  logging.info('Replay: %d env steps, about %.1f MiB.', run_config.replay_capacity,
-               replay.memory_bytes(spec, run_config.envs, run_config.replay_capacity) / 2**20)
+  logging.info('Replay: %d env steps per seed, about %.1f MiB for %d seed(s).',
+               run_config.replay_capacity, layout.num_seeds * replay.memory_bytes(
+                   spec, run_config.envs, run_config.replay_capacity) / 2**20, layout.num_seeds)
 
-  replicated = parallel.replicated(mesh)
-  state = jax.jit(agent.init, out_shardings=replicated)(jax.random.key(config.seed))
-  replay_state = replay.init(spec, run_config.envs, run_config.replay_capacity,
-                             num_shards=mesh.size, mesh=mesh)
-  counts = agent.param_counts(state)
-  logging.info('Parameters: %s', {k: f'{v:,}' for k, v in counts.items()})
+  programs, make_state, make_replay = build(agent, layout, config, spec)
+  state, replay_state = make_state(), make_replay()
+  counts = agent.param_counts(jax.eval_shape(agent.init, jax.random.key(0)))
+  logging.info('Parameters per seed: %s', {k: f'{v:,}' for k, v in counts.items()})
   counters = {'env_step': 0, 'updates': 0, 'train_credit': 0.0, 'episodes': 0}
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               keep=run_config.keep_checkpoints)
@@ -161,89 +296,118 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step, tree, meta = restored
     state, replay_state = tree['agent'], tree['replay']
     counters.update(meta['counters'])
+  # Steps written per env, tracked on the host so the loop never waits on the device for it.
+  position = int(parallel.to_host(replay_state.position).reshape(-1)[0])
+  capacity_per_env = run_config.replay_capacity // run_config.envs
+  if restored is not None:
     logging.info('Resumed from checkpoint at env step %d (%d updates, replay holds %d steps).',
-                 step, counters['updates'], int(replay.size(replay_state)))
+                 counters['env_step'], counters['updates'],
+                 min(position, capacity_per_env) * run_config.envs)
 
-  batch_size, length = run_config.batch_size, run_config.batch_length
-
-  @functools.partial(jax.jit, donate_argnums=0)
-  def train(state, replay_state):
-    rng, sample_key = jax.random.split(state.rng)
-    batch = replay.sample(replay_state, sample_key, batch_size, length)
-    return agent.train_step(state.replace(rng=rng), batch)
-
-  policy = jax.jit(agent.policy_step, static_argnames='mode')
-  add = jax.jit(replay.add, donate_argnums=0)
-  eval_policy = functools.partial(policy, mode='eval')
-  logger = Logger(workdir, run_config.steps, enabled=jax.process_index() == 0)
+  length = run_config.batch_length
+  logger = Logger(workdir, run_config.steps, enabled=parallel.is_main_process())
   save = lambda: checkpointer.save(  # noqa: E731
       counters['env_step'], {'agent': state, 'replay': replay_state},
       {'counters': counters, 'config': config.to_dict()})
+  seed_field = (lambda k: k) if layout.stacked else (lambda k: None)  # noqa: E731
+  multi_process = jax.process_count() > 1
+  guard = ((lambda: jax.transfer_guard('disallow')) if run_config.transfer_guard
+           else contextlib.nullcontext)
 
-  num_envs = env.num_envs
-  updates_per_step = run_config.train_ratio / (batch_size * length)
-  rng = np.random.default_rng([config.seed, counters['env_step']])
-  policy_key = jax.random.fold_in(jax.random.key(config.seed), counters['env_step'] + 1)
+  num_envs = run_config.envs  # per seed, over all processes
+  updates_per_step = run_config.train_ratio / (run_config.batch_size * length)
+  rngs = [np.random.default_rng([seed, counters['env_step']]) for seed in env.seeds]
+  policy_key = policy_keys(layout, config.seed, counters['env_step'])
+  scalar = parallel.replicated(mesh)
   obs = env.reset()
-  action_zeros = np.zeros((num_envs, env.act_space.num_actions), np.float32)
-  replay_state = add(replay_state, {**obs, 'action': action_zeros})
-  carry = agent.initial_policy_carry(num_envs)
+  action_zeros = np.zeros((*obs['is_first'].shape, env.act_space.num_actions), np.float32)
+  step_data = layout.put({**obs, 'action': action_zeros})
+  replay_state = programs.add(replay_state, step_data)
+  position += 1
+  carry = initial_carry(agent, layout, num_envs, layout.per_env)
+  finished: list[tuple[int, int, float, int]] = []  # (env step, seed, return, length)
   metrics, last_log, last_eval = None, counters['env_step'], counters['env_step']
   last_save, start_time, start_step = time.monotonic(), time.monotonic(), counters['env_step']
   interrupted = None
 
+  def write_episodes():
+    """Logs the finished episodes of every process (gathered: all processes call this)."""
+    rows = parallel.gather_rows(np.asarray(finished, np.float64).reshape(-1, 4))
+    finished.clear()
+    for step, seed, episode_return, episode_length in sorted(rows.tolist(), key=lambda r: r[0]):
+      counters['episodes'] += 1
+      logger.write(int(step), {'episode/return': episode_return, 'episode/length': episode_length},
+                   seed=seed_field(int(seed)))
+
   with _StopFlag() as stop:
     while counters['env_step'] < run_config.steps:
-      if counters['env_step'] < run_config.prefill:
-        env_action = _random_actions(rng, env)
-        model_action = agent.model_action(env_action)
-      else:
-        carry, model_action = policy(state, carry, _model_obs(obs, env),
-                                     jax.random.fold_in(policy_key, counters['env_step']))
-        model_action = np.asarray(model_action)
-        env_action = agent.env_action(model_action)
-      obs = env.step(env_action)
-      stored_action = model_action * ~obs['is_first'][:, None]
-      replay_state = add(replay_state, {**obs, 'action': stored_action})
-      counters['env_step'] += num_envs
-      for _, episode_return, episode_length in env.pop_finished_episodes():
-        counters['episodes'] += 1
-        logger.write(counters['env_step'], {'episode/return': episode_return,
-                                            'episode/length': episode_length})
+      with guard():
+        if counters['env_step'] < run_config.prefill:
+          env_action = env.random_actions(rngs)
+          model_action = agent.model_action(env_action)
+        else:
+          carry, action = programs.policy(
+              state, carry, _model_obs(step_data, env), policy_key,
+              layout.put(np.int32(counters['env_step']), scalar))
+          model_action = parallel.to_host(action)
+          env_action = agent.env_action(model_action)
+        obs = env.step(env_action)
+        stored_action = model_action * ~obs['is_first'][..., None]
+        step_data = layout.put({**obs, 'action': stored_action})
+        replay_state = programs.add(replay_state, step_data)
+        position += 1
+        counters['env_step'] += num_envs
+        finished.extend((counters['env_step'], seed, episode_return, episode_length)
+                        for seed, _, episode_return, episode_length
+                        in env.pop_finished_episodes())
 
-      if counters['env_step'] >= run_config.prefill and bool(replay.can_sample(replay_state,
-                                                                              length)):
-        counters['train_credit'] += num_envs * updates_per_step
-        while counters['train_credit'] >= 1.0:
-          state, metrics = train(state, replay_state)
-          counters['updates'] += 1
-          counters['train_credit'] -= 1.0
+        if counters['env_step'] >= run_config.prefill and position >= length:
+          counters['train_credit'] += num_envs * updates_per_step
+          while counters['train_credit'] >= 1.0:
+            state, metrics = programs.train(state, replay_state)
+            counters['updates'] += 1
+            counters['train_credit'] -= 1.0
 
       step = counters['env_step']
-      if step - last_log >= run_config.log_every or step >= run_config.steps:
+      at_log = step - last_log >= run_config.log_every or step >= run_config.steps
+      if at_log or not multi_process:
+        write_episodes()
+      if at_log:
         last_log = step
         elapsed = time.monotonic() - start_time
         row = {'run/env_steps_per_s': (step - start_step) / max(elapsed, 1e-9),
-               'run/seconds': elapsed,
-               'run/updates': counters['updates'], 'run/replay_size': int(
-                   replay.size(replay_state))}
+               'run/seconds': elapsed, 'run/updates': counters['updates'],
+               'run/replay_size': min(position, capacity_per_env) * num_envs}
+        per_seed = []
         if metrics is not None:
-          fetched = jax.device_get(metrics)
+          fetched = parallel.to_host(metrics)
           check_finite(fetched, step)
-          row.update(fetched)
+          if layout.stacked:
+            per_seed = [{k: v[seed] for k, v in fetched.items()}
+                        for seed in range(layout.num_seeds)]
+          else:
+            row.update(fetched)
         logger.write(step, row)
+        for seed, values in enumerate(per_seed):
+          logger.write(step, values, seed=seed)
       if run_config.eval_every and step - last_eval >= run_config.eval_every:
         last_eval = step
-        returns = evaluate(agent, eval_policy, state, config, run_config.eval_episodes,
+        returns = evaluate(agent, programs, state, config, layout, run_config.eval_episodes,
                            config.seed + 10_000 + step)
-        logger.write(step, {'eval/episode/return': float(np.mean(returns)),
-                            'eval/episode/return_std': float(np.std(returns))})
+        for seed, seed_returns in enumerate(returns if layout.stacked else [returns]):
+          logger.write(step, {'eval/episode/return': float(np.mean(seed_returns)),
+                              'eval/episode/return_std': float(np.std(seed_returns))},
+                       seed=seed_field(seed))
       logger.progress(step, counters['updates'])
-      if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
+      save_due = time.monotonic() - last_save >= 60 * run_config.save_every_minutes
+      stopping = stop.signal is not None
+      if multi_process:  # decided together, at log steps (the same on every process)
+        stopping, save_due = parallel.agree(stopping, save_due) if at_log else (False, False)
+      if save_due:
         save()
         last_save = time.monotonic()
-      if stop.signal:
-        interrupted = stop.signal
+      if stopping:
+        interrupted = stop.signal or 'a signal to another process'
         break
 
   save()
@@ -252,19 +416,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logger.progress(counters['env_step'], counters['updates'], force=True)
   logger.close()
   summary = dict(counters, interrupted=interrupted, params=counts['total'],
-                 seconds=time.monotonic() - start_time)
-  if jax.process_index() == 0:
+                 seconds=time.monotonic() - start_time,
+                 param_checksum=parallel.checksum(state.params))
+  if parallel.is_main_process():
     summary['plot'] = plot_curve(workdir)
   if interrupted:
     logging.warning('Stopped by %s at env step %d; checkpoint saved. Run the same command to '
                     'resume.', interrupted, counters['env_step'])
   return summary
-
-
-def _random_actions(rng: np.random.Generator, env: envs.VectorEnv) -> np.ndarray:
-  space = env.act_space
-  if space.discrete:
-    return rng.integers(0, space.num_actions, env.num_envs).astype(np.int32)
-  return rng.uniform(-1.0, 1.0, (env.num_envs, space.num_actions)).astype(np.float32)
-
-

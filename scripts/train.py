@@ -5,6 +5,12 @@
         --config.run.train_ratio=256 --workdir=runs/pong
 
 Running the same command again on the same workdir resumes the run.
+
+Several hosts (each runs the same command with its own --process_id; on a Cloud TPU pod no flag is
+needed, JAX finds the other hosts itself):
+
+    python scripts/train.py --config=... --workdir=/shared/run --coordinator_address=10.0.0.1:1234 \
+        --num_processes=2 --process_id=0
 """
 
 import os
@@ -15,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax import train  # noqa: E402
+from dreamerjax import parallel, train  # noqa: E402
 from dreamerjax.logger import quiet_library_logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -23,6 +29,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the run (created; resumed if it '
                                'holds one).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 of a '
+                                   'multi-process run (same on every process).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes of a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -31,6 +41,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   summary = train.run(_CONFIG.value, _WORKDIR.value)
   logging.info('Done: %s', summary)
 

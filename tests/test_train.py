@@ -43,7 +43,7 @@ def test_train_script_end_to_end(tmp_path, suite, task):
   workdir = tmp_path / 'run'
   output = train_script(workdir, f'experiments/{suite}.py:task={task},debug',
                         '--config.run.steps=240', '--config.run.eval_every=200')
-  assert 'env steps/s' in output  # the progress line
+  assert 'updates/s' in output and 'ETA' in output  # the progress line
   rows = logger.read_metrics(str(workdir / 'metrics.jsonl'))
   assert max(row['step'] for row in rows) == 240
   assert any('wm/loss' in row for row in rows)
@@ -65,8 +65,10 @@ def test_resume_continues_the_same_run(tmp_path):
   replay_sizes = [row['run/replay_size'] for row in logger.read_metrics(workdir)
                   if 'run/replay_size' in row]
   assert steps == sorted(steps) and steps[-1] == 320
-  # The replay after resuming holds what was saved plus what came since (capacity 4000).
-  assert replay_sizes[-1] == 320 + 2  # +1 reset observation per env and run
+  # The replay after resuming holds what was saved plus what came since (capacity 4000), plus
+  # the reset observation each env stores when a run (or a resumed run) starts.
+  envs = debug_config().run.envs
+  assert replay_sizes[-1] == 320 + 2 * envs
   # Same budget again: nothing left to do, the run ends at once at the same step.
   third = train.run(debug_config(steps=320), workdir)
   assert third['env_step'] == 320 and third['updates'] == second['updates']
