@@ -55,7 +55,10 @@ class ActorCritic:
                                 self.world_model.bins)
 
   def rollout(self, wm_params, actor_params, starts, key):
-    """Imagines from `starts` (`[N, F]` features); returns `(features [N,H+1,F], actions [N,H,A])`."""
+    """Imagines from `starts` (`[N, F]` features).
+
+    Returns `(features [N, H+1, F], actions [N, H, A])`.
+    """
     dynamics = self.world_model.dynamics
     policy = lambda features, k: self.action_dist(actor_params, features).sample(k)  # noqa: E731
     _, features, actions = dynamics.imagine(

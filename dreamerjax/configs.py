@@ -1,14 +1,17 @@
 """Default configuration, size and variant presets, and validation.
 
 Fields that depend on the model size or the variant are placeholders (`None`) in the defaults;
-`resolve(config)` fills them from `SIZES[config.size]` and `VARIANTS[config.variant]` unless the user
-set them (on the command line, `--config.model.deter=256` always wins over a preset).
+`resolve(config)` fills them from `SIZES[config.size]` and `VARIANTS[config.variant]` unless
+the user set them (on the command line, `--config.model.deter=256` always wins over a preset).
 Experiment files in `experiments/` start from `base()` and set suite values.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import os
+import types
 
 import ml_collections
 from ml_collections import config_dict
@@ -172,7 +175,8 @@ def update(config: ml_collections.ConfigDict, values: dict) -> None:
       config[key] = value
 
 
-def experiment(arg: str | None, suite: dict, debug: dict | None = None) -> ml_collections.ConfigDict:
+def experiment(arg: str | None, suite: dict,
+               debug: dict | None = None) -> ml_collections.ConfigDict:
   """Builds a suite's config from `base()`, the suite's values and the options string `arg`
   (`task=...,variant=...,size=...,seed=...,debug`)."""
   options = parse_options(arg, OPTIONS)
@@ -187,6 +191,17 @@ def experiment(arg: str | None, suite: dict, debug: dict | None = None) -> ml_co
     update(config, DEBUG)
     update(config, debug or {})
   return config
+
+
+def load_file(path: str) -> types.ModuleType:
+  """Imports a Python file by path (experiment and sweep files are not packages)."""
+  spec = importlib.util.spec_from_file_location(
+      f'_dreamerjax_{os.path.splitext(os.path.basename(path))[0]}', path)
+  if spec is None or spec.loader is None or not os.path.exists(path):
+    raise FileNotFoundError(f'cannot load {path!r}: no such Python file')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_options(arg: str | None, allowed: set[str]) -> dict[str, str | bool]:

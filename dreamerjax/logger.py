@@ -18,8 +18,8 @@ from __future__ import annotations
 import collections
 import datetime
 import json
-import math
 import logging as pylogging
+import math
 import os
 import time
 import warnings

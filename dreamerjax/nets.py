@@ -149,7 +149,8 @@ class ImageDecoder(nn.Module):
     stages = len(self.multipliers)
     min_h, min_w = height >> stages, width >> stages
     widths = [self.depth * m for m in self.multipliers][::-1]
-    x = nn.Dense(min_h * min_w * widths[0], dtype=self.dtype)(features.reshape(-1, features.shape[-1]))
+    flat = features.reshape(-1, features.shape[-1])
+    x = nn.Dense(min_h * min_w * widths[0], dtype=self.dtype)(flat)
     x = x.reshape(-1, min_h, min_w, widths[0])
     for index, width_out in enumerate(widths[1:] + [channels]):
       last = index == stages - 1

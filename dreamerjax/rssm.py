@@ -9,7 +9,7 @@ explicit parameters, so every method is a pure function usable under jit/vmap/gr
 
   initial(batch_size) -> carry
   observe(params, carry, embeds [B,T,E], actions [B,T,A], is_first [B,T], key)
-      -> (carry, feats [B,T,F], post, prior)        # post/prior: stats dicts with [B, T, ...] leaves
+      -> (carry, feats [B,T,F], post, prior)   # post/prior: stats dicts, [B, T, ...] leaves
   imagine(params, carry, policy, horizon, key)
       -> (carry, feats [B,H+1,F], actions [B,H,A])
   loss(post, prior, free_nats) -> (dyn [B,T], rep [B,T])

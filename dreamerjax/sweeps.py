@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import itertools
 import json
 import os
@@ -148,12 +147,7 @@ def _sort_key(values: dict) -> tuple:
 
 def load_sweep(path: str) -> dict:
     """Imports a sweep file and returns its validated ``get_sweep()`` with ``base`` as a dict."""
-    spec = importlib.util.spec_from_file_location(f'_sweep_{pathlib.Path(path).stem}', path)
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f'cannot load sweep file {path!r}')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return validate_sweep(module.get_sweep())
+    return validate_sweep(configs.load_file(path).get_sweep())
 
 
 def validate_sweep(sweep: dict) -> dict:

@@ -5,7 +5,6 @@
     python scripts/benchmark.py --only=loop
 """
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-from dreamerjax import benchmark  # noqa: E402
+from dreamerjax import benchmark, configs  # noqa: E402
 from dreamerjax.logger import quiet_library_logs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,11 +24,7 @@ _OBS = flags.DEFINE_list('obs', ['vector', 'image'], 'Observation kinds for trai
 
 
 def _suite(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'experiments',
-                                                                   f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.SUITE
+  return configs.load_file(os.path.join(ROOT, 'experiments', f'{name}.py')).SUITE
 
 
 def _write(name, records):

@@ -22,8 +22,8 @@ def test_symexp_bins():
   expected = [-(np.e**2 - 1), -(np.e - 1), 0.0, np.e - 1, np.e**2 - 1]
   np.testing.assert_allclose(bins, expected, rtol=1e-6, atol=1e-7)
   assert ops.symexp_bins().shape == (255,)
-  np.testing.assert_allclose(ops.symexp_bins()[jnp.array([0, 127, 254])], [-np.expm1(20), 0, np.expm1(20)],
-                             rtol=1e-5)
+  np.testing.assert_allclose(ops.symexp_bins()[jnp.array([0, 127, 254])],
+                             [-np.expm1(20), 0, np.expm1(20)], rtol=1e-5)
 
 
 def test_twohot_hand_values():

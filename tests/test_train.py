@@ -21,12 +21,7 @@ def debug_config(suite='classic', task='CartPole-v1', **run):
 
 
 def _suite(name):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'experiments',
-                                                                   f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.SUITE
+  return configs.load_file(os.path.join(ROOT, 'experiments', f'{name}.py')).SUITE
 
 
 def train_script(workdir, config_arg, *overrides, timeout=600):
