@@ -1,12 +1,16 @@
-"""Speed measurements behind `make bench`: train_step per size preset and the full training loop.
+"""Speed measurements behind `make bench`: train_step per size preset, the full training loop,
+weak scaling over devices, and many seeds in one program versus separate processes.
 
 Every function returns plain records (dicts) that `scripts/benchmark.py` writes as JSON.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -14,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax import configs, logger, train
+from dreamerjax import configs, logger, parallel, train
 from dreamerjax.agent import Agent
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
@@ -93,3 +97,140 @@ def loop_record(suite: dict, task: str, train_ratio: float, steps: int, envs: in
   return {'task': task, 'size': config.size, 'train_ratio': train_ratio, 'envs': envs,
           'steps': steps, 'env_steps_per_s': round(rate, 1), 'updates': summary['updates'],
           'policy': 'random (prefill)' if train_ratio == 0 else 'agent'}
+
+
+# ------------------------------------------------------------------------------- scale-out
+
+def _subprocess_record(call: str, device_count: int | None = None) -> subprocess.Popen:
+  """Starts `benchmark.<call>` in a fresh interpreter that prints its record (see `_collect`).
+
+  `device_count` simulates that many CPU devices (XLA_FLAGS must be set before jax starts).
+  """
+  environment = dict(os.environ)
+  if device_count is not None:
+    flags = environment.get('XLA_FLAGS', '').replace('--xla_force_host_platform_device_count', '')
+    environment['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={device_count}'
+    environment['JAX_PLATFORMS'] = 'cpu'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  environment['PYTHONPATH'] = os.pathsep.join(filter(None, [root, environment.get('PYTHONPATH')]))
+  code = f'import json\nfrom dreamerjax import benchmark\nprint("RECORD", json.dumps({call}))'
+  return subprocess.Popen([sys.executable, '-c', code], env=environment, cwd=root,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _collect(process: subprocess.Popen, timeout: float = 1800) -> dict:
+  stdout, stderr = process.communicate(timeout=timeout)
+  if process.returncode != 0:
+    raise RuntimeError(f'benchmark subprocess failed ({process.returncode}):\n{stderr[-3000:]}')
+  return json.loads(stdout.split('RECORD ', 1)[1].splitlines()[0])
+
+
+def scaling_record(devices: int, per_device_batch: int = 4, length: int = 16,
+                   size: str = 'debug', obs: str = 'vector', actions: int = 4,
+                   repeats: int = 5) -> dict:
+  """Train steps/s of `train_step` on a `devices`-device data axis at a fixed per-device batch
+  (weak scaling: the global batch is `devices * per_device_batch` sequences of `length`).
+
+  Runs in this process, which must see at least `devices` devices; see `scaling_records`.
+  """
+  config = configs.base()
+  config.size = size
+  configs.update(config, {'model': dict(bins=31)} if size == 'debug' else {})
+  config = configs.resolve(config)
+  agent = Agent(config, OBS_SPACES[obs], True, actions)
+  layout = parallel.Layout(parallel.make_mesh(devices))
+  shardings = parallel.state_shardings(layout, jax.eval_shape(agent.init, jax.random.key(0)))
+  state = jax.jit(lambda: agent.init(jax.random.key(0)), out_shardings=shardings)()
+  step = jax.jit(agent.train_step, in_shardings=(shardings, layout.per_env),
+                 out_shardings=(shardings, layout.replicated), donate_argnums=0)
+  batch = devices * per_device_batch
+  data = layout.put(jax.device_get(synthetic_batch(OBS_SPACES[obs], batch, length, actions)))
+  start = time.perf_counter()
+  compiled = step.lower(state, data).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, data)  # warm up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    state, metrics = compiled(state, data)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / repeats
+  return {'devices': devices, 'platform': jax.devices()[0].platform, 'size': size, 'obs': obs,
+          'per_device_batch': per_device_batch, 'global_batch': batch, 'length': length,
+          'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),
+          'train_steps_per_s': round(1.0 / step_s, 3),
+          'replayed_steps_per_s': round(batch * length / step_s, 1)}
+
+
+def scaling_records(device_counts=(1, 2, 4, 8), **kwargs) -> list[dict]:
+  """`scaling_record` for each device count, each in its own subprocess. On CPU the devices are
+  simulated (`--xla_force_host_platform_device_count`) and share the host's cores, so this
+  measures what sharding costs (collectives, partitioning), not a speed-up; on accelerators it
+  uses the real devices."""
+  simulate = jax.default_backend() == 'cpu'
+  records = []
+  for devices in device_counts:
+    arguments = ', '.join([f'{devices}', *(f'{k}={v!r}' for k, v in kwargs.items())])
+    process = _subprocess_record(f'benchmark.scaling_record({arguments})',
+                                 devices if simulate else None)
+    record = _collect(process)
+    record['weak_scaling_efficiency'] = None
+    if records:  # replayed steps/s per device, relative to one device
+      base = records[0]
+      record['weak_scaling_efficiency'] = round(
+          record['replayed_steps_per_s'] / devices / base['replayed_steps_per_s'], 3)
+    records.append(record)
+  return records
+
+
+def loop_rate(config_values: dict, workdir: str) -> dict:
+  """Runs `train.run` on the config given as a dict; returns env steps/s (summed over seeds) in
+  the steady state (from the second log row after the prefill, so compiles are left out) and the
+  wall time of the whole run."""
+  config = configs.base()
+  configs.update(config, config_values)
+  start = time.perf_counter()
+  summary = train.run(config, workdir)
+  wall_s = time.perf_counter() - start
+  run = config.run
+  rows = [row for row in logger.read_metrics(workdir) if 'run/seconds' in row]
+  steady = [row for row in rows if row['step'] >= run.prefill + 2 * run.log_every] or rows[-2:]
+  first, last = steady[0], steady[-1]
+  rate = (last['step'] - first['step']) / max(last['run/seconds'] - first['run/seconds'], 1e-9)
+  return {'env_steps_per_s': rate * config.num_seeds, 'wall_s': wall_s,
+          'env_steps': summary['env_step'] * config.num_seeds, 'updates': summary['updates']}
+
+
+def seeds_record(config_values: dict, seeds: int) -> dict:
+  """Env + train throughput of `seeds` agents: vmapped in one program (`num_seeds=seeds`) versus
+  `seeds` separate single-seed processes running at the same time. Each mode runs in fresh
+  processes; `ratio` > 1 means one program is faster.
+
+  Args:
+    config_values: a resolved config as a dict (`config.to_dict()`), with `num_seeds` 1.
+    seeds: K.
+  """
+  with tempfile.TemporaryDirectory() as root:
+    values = json.loads(json.dumps({**config_values, 'num_seeds': seeds}))
+    one = _collect(_subprocess_record(
+        f'benchmark.loop_rate({values!r}, {os.path.join(root, "vmap")!r})'))
+    start = time.perf_counter()
+    processes = []
+    for k in range(seeds):
+      values = json.loads(json.dumps({**config_values, 'num_seeds': 1,
+                                      'seed': config_values['seed'] + k}))
+      processes.append(_subprocess_record(
+          f'benchmark.loop_rate({values!r}, {os.path.join(root, f"seed{k}")!r})'))
+    separate = [_collect(process) for process in processes]
+    separate_wall = time.perf_counter() - start
+  separate_rate = sum(record['env_steps_per_s'] for record in separate)
+  return {'seeds': seeds, 'task': config_values['task'], 'size': config_values['size'],
+          'envs_per_seed': config_values['run']['envs'],
+          'train_ratio': config_values['run']['train_ratio'],
+          'steps_per_seed': config_values['run']['steps'],
+          'one_program': {'env_steps_per_s': round(one['env_steps_per_s'], 1),
+                          'wall_s': round(one['wall_s'], 1)},
+          'separate_processes': {'env_steps_per_s': round(separate_rate, 1),
+                                 'wall_s': round(separate_wall, 1)},
+          'ratio': round(one['env_steps_per_s'] / max(separate_rate, 1e-9), 3),
+          'wall_ratio': round(separate_wall / max(one['wall_s'], 1e-9), 3)}

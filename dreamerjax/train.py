@@ -206,8 +206,9 @@ def policy_keys(layout: parallel.Layout, seed: int, env_step: int) -> jax.Array:
 
 def evaluate(agent: Agent, programs: Programs, state, config, layout: parallel.Layout,
              episodes: int, seed: int, max_steps: int = 100_000) -> np.ndarray:
-  """Returns `[K?, episodes]` of the first episode of each of `episodes` eval envs per seed,
-  acting with the policy mode. Every process steps all eval envs (replicated arrays)."""
+  """Returns `[K?, episodes]` of the first episode of each of `episodes` eval envs per seed
+  (NaN where none ended within `max_steps`), acting with the policy mode. Every process steps all
+  eval envs (replicated arrays)."""
   env = make_env_group(config, episodes, seed, layout, shared=False)
   try:
     obs = env.reset()
@@ -223,7 +224,7 @@ def evaluate(agent: Agent, programs: Programs, state, config, layout: parallel.L
         returns.setdefault((seed_index, index), episode_return)
       if len(returns) == layout.num_seeds * episodes:
         break
-    table = np.array([[returns[(k, i)] for i in range(episodes)]
+    table = np.array([[returns.get((k, i), np.nan) for i in range(episodes)]
                       for k in range(layout.num_seeds)])
     return table if layout.stacked else table[0]
   finally:
@@ -277,14 +278,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   layout = parallel.Layout(mesh, config.num_seeds)
   run_config = config.run
   env = make_env_group(config, run_config.envs, config.seed, layout)
-  prepare_workdir(config, workdir)
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
   spec = replay_spec(env)
+  try:
+    programs, make_state, make_replay = build(agent, layout, config, spec)  # checks param rules
+    prepare_workdir(config, workdir)
+  except Exception:
+    env.close()
+    raise
   logging.info('Replay: %d env steps per seed, about %.1f MiB for %d seed(s).',
                run_config.replay_capacity, layout.num_seeds * replay.memory_bytes(
                    spec, run_config.envs, run_config.replay_capacity) / 2**20, layout.num_seeds)
-
-  programs, make_state, make_replay = build(agent, layout, config, spec)
   state, replay_state = make_state(), make_replay()
   counts = agent.param_counts(jax.eval_shape(agent.init, jax.random.key(0)))
   logging.info('Parameters per seed: %s', {k: f'{v:,}' for k, v in counts.items()})
@@ -395,8 +399,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         returns = evaluate(agent, programs, state, config, layout, run_config.eval_episodes,
                            config.seed + 10_000 + step)
         for seed, seed_returns in enumerate(returns if layout.stacked else [returns]):
-          logger.write(step, {'eval/episode/return': float(np.mean(seed_returns)),
-                              'eval/episode/return_std': float(np.std(seed_returns))},
+          logger.write(step, {'eval/episode/return': float(np.nanmean(seed_returns)),
+                              'eval/episode/return_std': float(np.nanstd(seed_returns))},
                        seed=seed_field(seed))
       logger.progress(step, counters['updates'])
       save_due = time.monotonic() - last_save >= 60 * run_config.save_every_minutes

@@ -3,6 +3,7 @@
     python scripts/benchmark.py --out=benchmarks                     # everything
     python scripts/benchmark.py --only=train_step --sizes=1m,12m
     python scripts/benchmark.py --only=loop
+    python scripts/benchmark.py --only=scaling,seeds --scaling_devices=1,2,4,8 --seeds=1,2,4,8
 """
 
 import json
@@ -18,9 +19,17 @@ from dreamerjax.logger import quiet_library_logs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string('out', 'benchmarks', 'Output directory.')
-_ONLY = flags.DEFINE_list('only', ['train_step', 'loop'], 'Which benchmarks to run.')
+_ONLY = flags.DEFINE_list('only', ['train_step', 'loop', 'scaling', 'seeds'],
+                          'Which benchmarks to run.')
 _SIZES = flags.DEFINE_list('sizes', ['1m', '12m'], 'Size presets for the train_step benchmark.')
 _OBS = flags.DEFINE_list('obs', ['vector', 'image'], 'Observation kinds for train_step.')
+_SCALING_DEVICES = flags.DEFINE_list('scaling_devices', ['1', '2', '4', '8'],
+                                     'Device counts of the weak-scaling benchmark (simulated on '
+                                     'CPU).')
+_SCALING_SIZE = flags.DEFINE_string('scaling_size', 'debug', 'Size preset for scaling.')
+_PER_DEVICE_BATCH = flags.DEFINE_integer('per_device_batch', 4, 'Sequences per device (scaling).')
+_SEEDS = flags.DEFINE_list('seeds', ['1', '2', '4', '8'], 'Seed counts K of the seeds benchmark.')
+_SEEDS_STEPS = flags.DEFINE_integer('seeds_steps', 2000, 'Env steps per seed (seeds benchmark).')
 
 
 def _suite(name):
@@ -59,6 +68,27 @@ def main(argv):
         logging.info('%s', record)
         records.append(record)
         _write('loop', records)
+  if 'scaling' in _ONLY.value:
+    # Weak scaling: a fixed batch per device; the global batch grows with the devices.
+    records = benchmark.scaling_records([int(n) for n in _SCALING_DEVICES.value],
+                                        per_device_batch=_PER_DEVICE_BATCH.value,
+                                        size=_SCALING_SIZE.value)
+    for record in records:
+      logging.info('%s', record)
+    _write('scaling', records)
+  if 'seeds' in _ONLY.value:
+    # K agents vmapped in one program vs K single-seed processes at once (CartPole, debug size).
+    steps = _SEEDS_STEPS.value
+    config = configs.resolve(configs.experiment('task=CartPole-v1,debug', _suite('classic')))
+    configs.update(config, {'run': dict(steps=steps, prefill=steps // 5, log_every=steps // 10,
+                                        eval_every=0, save_every_minutes=1e6, compile_cache='',
+                                        replay_capacity=max(4000, 2 * steps))})
+    records = []
+    for seeds in (int(k) for k in _SEEDS.value):
+      record = benchmark.seeds_record(config.to_dict(), seeds)
+      logging.info('%s', record)
+      records.append(record)
+      _write('seeds', records)
 
 
 if __name__ == '__main__':

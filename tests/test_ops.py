@@ -49,6 +49,23 @@ def test_twohot_mean_and_loss():
                              -(0.5 * np.log(0.3) + 0.5 * np.log(0.5)), rtol=1e-6)
 
 
+def test_twohot_mean_is_accurate_over_symexp_bins():
+  # The outer symexp bins are about +-5e8: a plain float32 sum over them gives -0.66 (jit) or -1
+  # instead of 0 for uniform logits, and a different error for every reduction order.
+  bins = ops.symexp_bins(31)
+  mean = jax.jit(ops.twohot_mean)
+  np.testing.assert_array_equal(mean(jnp.zeros((2, 31)), bins), 0.0)
+  for scale in (1e-3, 1.0, 30.0):
+    logits = scale * jax.random.normal(jax.random.key(0), (4, 31))
+    logits64 = np.asarray(logits, np.float64)
+    probs = np.exp(logits64 - logits64.max(-1, keepdims=True))
+    exact = (probs / probs.sum(-1, keepdims=True) * np.asarray(bins, np.float64)).sum(-1)
+    np.testing.assert_allclose(mean(logits, bins), exact, rtol=1e-4, atol=1e-2)
+  # Gradient at uniform logits: d mean / d logit_i = p_i (b_i - mean) = b_i / 31.
+  grad = jax.grad(lambda logits: ops.twohot_mean(logits, bins))(jnp.zeros(31))
+  np.testing.assert_allclose(grad, bins / 31, rtol=1e-5, atol=1e-6)
+
+
 def test_lambda_returns_hand_computed():
   reward = jnp.array([1.0, 2.0])
   cont = jnp.array([0.5, 1.0])
