@@ -37,7 +37,9 @@ def train_script(workdir, config_arg, *overrides, timeout=600):
 def test_train_script_end_to_end(tmp_path, suite, task):
   workdir = tmp_path / 'run'
   output = train_script(workdir, f'experiments/{suite}.py:task={task},debug',
-                        '--config.run.steps=240', '--config.run.eval_every=200')
+                        '--config.run.steps=240', '--config.run.eval_every=200',
+                        # Short episodes so the evaluation (one whole episode per env) is quick.
+                        '--config.env.max_episode_steps=60')
   assert 'updates/s' in output and 'ETA' in output  # the progress line
   rows = logger.read_metrics(str(workdir / 'metrics.jsonl'))
   assert max(row['step'] for row in rows) == 240
