@@ -24,7 +24,7 @@ SUITE = {
                 eval_episodes=8, save_every_minutes=5.0),
     'model': dict(encoder_layers=2, decoder_layers=2, units=64),
     'agent': dict(actor_layers=2, critic_layers=2, discount=0.99),
-    'optim': dict(model_lr=6e-4, actor_lr=3e-4, critic_lr=1e-3),
+    'optim': dict(model_lr=6e-4, actor_lr=1e-4, critic_lr=1e-3),
 }
 
 
