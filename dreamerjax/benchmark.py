@@ -49,6 +49,21 @@ def synthetic_batch(obs_space: dict, batch: int, length: int, actions: int, seed
   return jax.tree.map(jnp.asarray, data)
 
 
+def _compile_and_time(step, state, data, repeats: int):
+  """Compiles the jitted `step(state, data)`; returns (compiled, compile seconds, seconds per
+  call after one warm-up call). `state` is donated, so it is threaded through the calls."""
+  start = time.perf_counter()
+  compiled = step.lower(state, data).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, data)  # warm up
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(repeats):
+    state, metrics = compiled(state, data)
+  jax.block_until_ready(metrics)
+  return compiled, compile_s, (time.perf_counter() - start) / repeats
+
+
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
                       repeats: int = 3, variant: str = 'dreamerv3') -> dict:
   """Compile time, seconds per step, XLA FLOPs and achieved FLOP/s of one `train_step`."""
@@ -60,19 +75,10 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
   params = agent.param_counts(state)
   step = jax.jit(agent.train_step, donate_argnums=0)
-  start = time.perf_counter()
-  compiled = step.lower(state, data).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s, step_s = _compile_and_time(step, state, data, repeats)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
-  state, metrics = compiled(state, data)  # warm up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(repeats):
-    state, metrics = compiled(state, data)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - start) / repeats
   return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'flops': flops, 'flops_per_s': flops / step_s}
@@ -145,16 +151,7 @@ def scaling_record(devices: int, per_device_batch: int = 4, length: int = 16,
                  out_shardings=(shardings, layout.replicated), donate_argnums=0)
   batch = devices * per_device_batch
   data = layout.put(jax.device_get(synthetic_batch(OBS_SPACES[obs], batch, length, actions)))
-  start = time.perf_counter()
-  compiled = step.lower(state, data).compile()
-  compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, data)  # warm up
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(repeats):
-    state, metrics = compiled(state, data)
-  jax.block_until_ready(metrics)
-  step_s = (time.perf_counter() - start) / repeats
+  _, compile_s, step_s = _compile_and_time(step, state, data, repeats)
   return {'devices': devices, 'platform': jax.devices()[0].platform, 'size': size, 'obs': obs,
           'per_device_batch': per_device_batch, 'global_batch': batch, 'length': length,
           'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),

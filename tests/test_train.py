@@ -111,6 +111,11 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
     (dict(run=dict(train_ratio=0.0)), 'train_ratio must be > 0'),
     (dict(run=dict(replay_capacity=10)), 'replay_capacity'),
     (dict(model=dict(latent='beta')), 'latent must be'),
+    (dict(parallel=dict(param_rules=(('kernel', ('model', None)),))), 'names mesh axes'),
+    (dict(parallel=dict(param_rules=(('kernel', ('data', None, None, None)),))),
+     'more entries than'),
+    (dict(parallel=dict(param_rules=(('kernel', 'data'),))), 'must be a tuple'),
+    (dict(num_seeds=0), 'num_seeds must be >= 1'),
 ])
 def test_bad_input_is_rejected_before_compiling(tmp_path, change, message):
   config = debug_config()
@@ -119,7 +124,7 @@ def test_bad_input_is_rejected_before_compiling(tmp_path, change, message):
   with pytest.raises(ValueError, match=message):
     train.run(config, str(tmp_path / 'run'))
   assert time.time() - start < 30
-  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  assert not (tmp_path / 'run').exists()  # nothing written
 
 
 def test_unknown_experiment_option():
