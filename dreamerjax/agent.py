@@ -18,6 +18,7 @@ import optax
 
 from dreamerjax import nets
 from dreamerjax.behavior import ActorCritic
+from dreamerjax.planner import Planner
 from dreamerjax.types import Batch, Metrics, ReturnNorm, TrainState
 from dreamerjax.worldmodel import WorldModel
 
@@ -46,6 +47,11 @@ class Agent:
     object.__setattr__(self, 'world_model', world_model)
     object.__setattr__(self, 'behavior', ActorCritic(world_model, self.discrete, self.action_size,
                                                      c.agent, c.model))
+    # PlaNet: actions by CEM planning; the actor and critic exist (one TrainState layout for all
+    # variants) but are neither trained nor used.
+    object.__setattr__(self, 'planner', Planner(world_model, self.discrete, self.action_size,
+                                                c.planner) if c.agent.get('policy') == 'cem'
+                       else None)
     o = c.optim
     object.__setattr__(self, 'optimizers', {
         'world_model': _optimizer(o.model_lr, o.eps, o.model_clip),
@@ -82,9 +88,38 @@ class Agent:
     wm_params, wm_opt, wm_norm = _update(self.optimizers['world_model'], wm_grads,
                                          state.opt_state['world_model'], params['world_model'])
 
-    behavior = self.behavior
     starts = jax.lax.stop_gradient(features.reshape(-1, features.shape[-1]))
     start_cont = 1.0 - batch['is_terminal'].reshape(-1).astype(jnp.float32)
+    if self.planner is not None:
+      behavior_state = dict(params={'actor': params['actor'], 'critic': params['critic']},
+                            opt_state={k: state.opt_state[k] for k in ('actor', 'critic')},
+                            slow_critic=state.slow_critic, return_norm=state.return_norm)
+      behavior_losses, behavior_metrics = [], {}
+    else:
+      behavior_state, behavior_losses, behavior_metrics = self.behavior_update(
+          state, params['world_model'], starts, start_cont, img_key)
+
+    new_state = TrainState(
+        params={'world_model': wm_params, **behavior_state['params']},
+        opt_state={'world_model': wm_opt, **behavior_state['opt_state']},
+        slow_critic=behavior_state['slow_critic'], return_norm=behavior_state['return_norm'],
+        step=state.step + 1, rng=rng)
+    losses = jnp.stack([wm_metrics['wm/loss'], *behavior_losses])
+    finite = jnp.all(jnp.isfinite(losses))
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = new_state.replace(step=state.step + 1, rng=rng)
+    metrics = {**wm_metrics, **behavior_metrics, 'wm/grad_norm': wm_norm,
+               'train/nonfinite': 1.0 - finite.astype(jnp.float32)}
+    return new_state, metrics
+
+  def behavior_update(self, state: TrainState, wm_params, starts: jax.Array,
+                      start_cont: jax.Array, img_key: jax.Array):
+    """Actor and critic updates from imagination starting at `starts` `[N, F]`.
+
+    Returns `(fields, losses, metrics)`: the new `params`/`opt_state` (actor, critic),
+    `slow_critic` and `return_norm`; the losses to check for finiteness; metrics.
+    """
+    behavior, params = self.behavior, {**state.params, 'world_model': wm_params}
     trajectory = None
     if behavior.reinforce_mix == 1.0:  # no gradient through the rollout: imagine outside grad
       trajectory = behavior.rollout(params['world_model'], params['actor'], starts, img_key)
@@ -102,19 +137,12 @@ class Agent:
     slow_critic = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, state.slow_critic,
                                critic_params)
 
-    new_state = TrainState(
-        params={'world_model': wm_params, 'actor': actor_params, 'critic': critic_params},
-        opt_state={'world_model': wm_opt, 'actor': actor_opt, 'critic': critic_opt},
-        slow_critic=slow_critic, return_norm=aux['return_norm'], step=state.step + 1, rng=rng)
-    losses = jnp.stack([wm_metrics['wm/loss'], actor_loss, critic_loss])
-    finite = jnp.all(jnp.isfinite(losses))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    new_state = new_state.replace(step=state.step + 1, rng=rng)
-    metrics = {**wm_metrics, **aux['metrics'], **critic_metrics,
-               'wm/grad_norm': wm_norm, 'ac/actor_grad_norm': actor_norm,
-               'ac/critic_grad_norm': critic_norm,
-               'train/nonfinite': 1.0 - finite.astype(jnp.float32)}
-    return new_state, metrics
+    fields = dict(params={'actor': actor_params, 'critic': critic_params},
+                  opt_state={'actor': actor_opt, 'critic': critic_opt}, slow_critic=slow_critic,
+                  return_norm=aux['return_norm'])
+    metrics = {**aux['metrics'], **critic_metrics, 'ac/actor_grad_norm': actor_norm,
+               'ac/critic_grad_norm': critic_norm}
+    return fields, [actor_loss, critic_loss], metrics
 
   # --------------------------------------------------------------------------- acting
 
@@ -132,6 +160,9 @@ class Agent:
     latent, _, _ = self.world_model.dynamics.obs_step(
         params['dynamics'], carry['latent'], carry['action'], embed, obs['is_first'], latent_key,
         mode=mode == 'eval')
+    if self.planner is not None:
+      action = self.planner.act(params, latent, action_key, explore=mode == 'train')
+      return {'latent': latent, 'action': action}, action
     dist = self.behavior.action_dist(state.params['actor'],
                                      self.world_model.dynamics.features(latent))
     action = dist.sample(action_key) if mode == 'train' else dist.mode()

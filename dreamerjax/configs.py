@@ -55,7 +55,27 @@ VARIANTS = {
         agent=dict(critic_head='mse', actor_grad_mix=0.0, entropy=0.0, slow_critic_reg=0.0,
                    slow_critic_target=False, return_norm='none'),
         optim=dict(model_lr=6e-4, actor_lr=8e-5, critic_lr=8e-5)),
+    # PlaNet (Hafner et al. 2019): Gaussian RSSM, free nats 3, no policy network: actions by CEM
+    # planning over the learned model (the `planner` section). The actor-critic keys are unused.
+    'planet': dict(
+        model=dict(latent='gaussian', unimix=0.0, free_nats=3.0, dyn_scale=1.0, rep_scale=1.0,
+                   reward_head='mse'),
+        agent=dict(policy='cem', critic_head='mse', actor_grad_mix=0.0, entropy=0.0,
+                   slow_critic_reg=0.0, slow_critic_target=False, return_norm='none'),
+        optim=dict(model_lr=1e-3, actor_lr=8e-5, critic_lr=8e-5)),
+    # World Models (Ha & Schmidhuber 2018): VAE + MDN-RNN trained in stages from random rollouts,
+    # a linear controller on [z, h] trained in the dream with CMA-ES (the `worldmodels` section).
+    # `model.stoch` is the size of z, `model.deter` the RNN state.
+    'worldmodels': dict(
+        model=dict(latent='gaussian', unimix=0.0, free_nats=0.0, dyn_scale=1.0, rep_scale=1.0,
+                   reward_head='mse'),
+        agent=dict(policy='cmaes', critic_head='mse', actor_grad_mix=-1.0, entropy=1e-3,
+                   slow_critic_reg=0.0, slow_critic_target=True, return_norm='none'),
+        optim=dict(model_lr=1e-3, actor_lr=1e-4, critic_lr=1e-4)),
 }
+# How the policy is learned (`agent.policy`): None or 'actor_critic' (Dreamer), 'cem' (PlaNet
+# planning), 'cmaes' (World Models controller evolved in the dream).
+POLICIES = (None, 'actor_critic', 'cem', 'cmaes')
 
 MODES = ('online',)
 
@@ -133,6 +153,36 @@ def base() -> ml_collections.ConfigDict:
   c.agent.return_norm = _placeholder(str)
   c.agent.return_norm_decay = 0.99
   c.agent.return_norm_percentiles = (5.0, 95.0)
+  c.agent.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
+
+  # CEM planning over the learned model (PlaNet), used when agent.policy == 'cem'.
+  c.planner = ml_collections.ConfigDict()
+  c.planner.horizon = 12
+  c.planner.candidates = 1000
+  c.planner.elites = 100
+  c.planner.iterations = 10
+  c.planner.explore = 0.3              # continuous: Gaussian action noise; discrete: epsilon
+  c.planner.discount = 0.99
+
+  # World Models stages (Ha & Schmidhuber 2018), run when variant == 'worldmodels'.
+  c.worldmodels = ml_collections.ConfigDict()
+  c.worldmodels.episodes = 200         # random-policy episodes recorded for the VAE and MDN-RNN
+  c.worldmodels.max_steps = 50_000     # cap on recorded env steps
+  c.worldmodels.vae_steps = 2_000
+  c.worldmodels.rnn_steps = 4_000
+  c.worldmodels.batch_size = 32
+  c.worldmodels.batch_length = 32
+  c.worldmodels.rnn = 'lstm'           # lstm or gru
+  c.worldmodels.mixtures = 5
+  c.worldmodels.temperature = 1.0      # MDN sampling temperature in the dream
+  c.worldmodels.kl_tolerance = 0.5     # free nats per latent dimension of the VAE KL
+  c.worldmodels.generations = 60       # CMA-ES generations
+  c.worldmodels.population = 32
+  c.worldmodels.rollouts = 8           # dream rollouts per candidate (fitness = mean return)
+  c.worldmodels.sigma = 0.5            # initial CMA-ES step size
+  c.worldmodels.dream_horizon = 300
+  c.worldmodels.ac_steps = 2_000       # updates when agent.policy == 'actor_critic'
+  c.worldmodels.eval_episodes = 8
 
   c.parallel = ml_collections.ConfigDict()
   c.parallel.devices = 0                # devices on the data axis (0: all visible)
@@ -161,6 +211,10 @@ DEBUG = {
                 replay_capacity=4_000, log_every=100, eval_every=0, eval_episodes=1),
     'agent': dict(horizon=4, actor_layers=1, critic_layers=1),
     'model': dict(encoder_layers=1, decoder_layers=1, bins=31),
+    'planner': dict(horizon=4, candidates=32, elites=4, iterations=2),
+    'worldmodels': dict(episodes=8, max_steps=800, vae_steps=20, rnn_steps=20, batch_size=4,
+                        batch_length=16, generations=2, population=8, rollouts=2,
+                        dream_horizon=20, ac_steps=10, eval_episodes=2),
 }
 
 
@@ -175,10 +229,11 @@ def update(config: ml_collections.ConfigDict, values: dict) -> None:
       config[key] = value
 
 
-def experiment(arg: str | None, suite: dict,
-               debug: dict | None = None) -> ml_collections.ConfigDict:
+def experiment(arg: str | None, suite: dict, debug: dict | None = None,
+               variants: dict | None = None) -> ml_collections.ConfigDict:
   """Builds a suite's config from `base()`, the suite's values and the options string `arg`
-  (`task=...,variant=...,size=...,seed=...,debug`)."""
+  (`task=...,variant=...,size=...,seed=...,debug`). `variants` maps a variant name to suite values
+  for that variant only (applied after the suite's, before `debug`)."""
   options = parse_options(arg, OPTIONS)
   config = base()
   update(config, suite)
@@ -187,6 +242,7 @@ def experiment(arg: str | None, suite: dict,
       config[key] = options[key]
   if 'seed' in options:
     config.seed = int(options['seed'])
+  update(config, (variants or {}).get(config.variant, {}))
   if options.get('debug'):
     update(config, DEBUG)
     update(config, debug or {})
@@ -289,6 +345,34 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if agent.return_norm not in ('percentile', 'none'):
     problems.append(f'--config.agent.return_norm must be percentile or none '
                     f'(got {agent.return_norm!r})')
+  if agent.get('policy') not in POLICIES:
+    problems.append(f'--config.agent.policy must be one of {POLICIES[1:]} (got {agent.policy!r})')
+  if agent.get('policy') == 'cem':
+    plan = config.planner
+    if min(plan.horizon, plan.candidates, plan.elites, plan.iterations) < 1:
+      problems.append('--config.planner.horizon, .candidates, .elites and .iterations must be >= 1')
+    if plan.elites > plan.candidates:
+      problems.append(f'--config.planner.elites={plan.elites} must not exceed '
+                      f'--config.planner.candidates={plan.candidates}')
+    if not 0.0 <= plan.explore <= 1.0:
+      problems.append(f'--config.planner.explore must be in [0, 1] (got {plan.explore})')
+  if agent.get('policy') == 'cmaes' and config.variant != 'worldmodels':
+    problems.append('--config.agent.policy=cmaes needs --config.variant=worldmodels')
+  if config.variant == 'worldmodels':
+    wm = config.worldmodels
+    if agent.get('policy') not in ('cmaes', 'actor_critic'):
+      problems.append(f'--config.agent.policy must be cmaes or actor_critic for worldmodels '
+                      f'(got {agent.policy!r})')
+    if wm.rnn not in ('lstm', 'gru'):
+      problems.append(f'--config.worldmodels.rnn must be lstm or gru (got {wm.rnn!r})')
+    if wm.mixtures < 1 or wm.temperature <= 0:
+      problems.append('--config.worldmodels.mixtures must be >= 1 and '
+                      '--config.worldmodels.temperature > 0')
+    if wm.population < 4 or wm.generations < 1 or wm.rollouts < 1:
+      problems.append('--config.worldmodels.population must be >= 4, .generations and '
+                      '.rollouts >= 1')
+    if model.latent != 'gaussian':
+      problems.append('--config.model.latent must be gaussian for worldmodels (the VAE latent)')
   if model.compute_dtype not in ('float32', 'bfloat16'):
     problems.append('--config.model.compute_dtype must be float32 or bfloat16')
   if problems:

@@ -196,6 +196,11 @@ class Logger:
         )
         return path
 
+    def image(self, step: int, name: str, image: Any) -> None:
+        """Writes a uint8 ``[H, W, C]`` image to TensorBoard (e.g. a strip of video frames)."""
+        if self._writer is not None:
+            self._writer.add_image(name, np.asarray(image), int(step), dataformats='HWC')
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

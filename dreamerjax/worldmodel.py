@@ -91,6 +91,16 @@ class WorldModel:
   def cont_logits(self, params, features) -> jax.Array:
     return self.apply('cont', params, features)[..., 0]
 
+  def decode(self, params, features) -> dict[str, jax.Array]:
+    """Predicted observations in observation units: `vector` (symexp of the decoder) and `image`
+    (mean in [0, 1])."""
+    out = {}
+    if IMAGE in self.obs_space:
+      out[IMAGE] = self.apply('image_decoder', params, features)
+    if VECTOR in self.obs_space:
+      out[VECTOR] = ops.symexp(self.apply('vector_decoder', params, features))
+    return out
+
   # --------------------------------------------------------------------------- training
 
   def loss(self, params, batch: Batch, key: jax.Array):

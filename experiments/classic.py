@@ -3,6 +3,8 @@
     python scripts/train.py --config=experiments/classic.py:task=CartPole-v1 --workdir=runs/cartpole
     python scripts/train.py --config=experiments/classic.py:task=Pendulum-v1,seed=1 --workdir=...
     python scripts/train.py --config=experiments/classic.py:task=CartPole-v1,debug --workdir=/tmp/x
+    python scripts/train.py --config=experiments/classic.py:variant=planet --workdir=runs/planet
+    python scripts/train.py --config=experiments/classic.py:variant=worldmodels --workdir=runs/wm
 
 The default is the CPU-sized DreamerV3 run that `make train` launches (CartPole to a return of
 about 400 or more in under 15 minutes on 2 CPU cores).
@@ -27,6 +29,25 @@ SUITE = {
     'optim': dict(model_lr=6e-4, actor_lr=1e-4, critic_lr=1e-3),
 }
 
+# Suite values of the other variants (applied over SUITE when `variant=` names them).
+VARIANTS = {
+    # PlaNet on CPU: a small model and a cheaper CEM (the paper's 1000 candidates x 10 iterations
+    # cost ~50x more per env step). CartPole's reward is +1 per step, so the planner learns to
+    # keep the predicted continue probability high.
+    'planet': {
+        'size': 'debug',
+        'run': dict(steps=12_000, train_ratio=128.0, prefill=1_000, eval_every=3_000),
+        'planner': dict(horizon=12, candidates=128, elites=12, iterations=4, explore=0.1),
+    },
+    # World Models: stages from random rollouts, then CMA-ES in the dream.
+    'worldmodels': {
+        'size': 'debug',
+        'model': dict(stoch=8, deter=64),
+        'worldmodels': dict(episodes=400, vae_steps=2_000, rnn_steps=3_000, generations=40,
+                            population=24, rollouts=8, dream_horizon=300, eval_episodes=8),
+    },
+}
+
 
 def get_config(arg=None):
-  return configs.experiment(arg, SUITE)
+  return configs.experiment(arg, SUITE, variants=VARIANTS)
