@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +41,12 @@ class Agent:
   obs_space: dict
   discrete: bool
   action_size: int
+  # Another world model with WorldModel's methods (World Models' VAE + MDN-RNN); None: WorldModel.
+  model: Any = None
 
   def __post_init__(self):
     c = self.config
-    world_model = WorldModel(self.obs_space, self.action_size, c.model)
+    world_model = self.model or WorldModel(self.obs_space, self.action_size, c.model)
     object.__setattr__(self, 'world_model', world_model)
     object.__setattr__(self, 'behavior', ActorCritic(world_model, self.discrete, self.action_size,
                                                      c.agent, c.model))
@@ -88,7 +91,7 @@ class Agent:
     wm_params, wm_opt, wm_norm = _update(self.optimizers['world_model'], wm_grads,
                                          state.opt_state['world_model'], params['world_model'])
 
-    starts = jax.lax.stop_gradient(features.reshape(-1, features.shape[-1]))
+    starts = self.behavior.starts(params['world_model'], features, batch)
     start_cont = 1.0 - batch['is_terminal'].reshape(-1).astype(jnp.float32)
     if self.planner is not None:
       behavior_state = dict(params={'actor': params['actor'], 'critic': params['critic']},
@@ -112,9 +115,9 @@ class Agent:
                'train/nonfinite': 1.0 - finite.astype(jnp.float32)}
     return new_state, metrics
 
-  def behavior_update(self, state: TrainState, wm_params, starts: jax.Array,
+  def behavior_update(self, state: TrainState, wm_params, starts: dict,
                       start_cont: jax.Array, img_key: jax.Array):
-    """Actor and critic updates from imagination starting at `starts` `[N, F]`.
+    """Actor and critic updates from imagination starting at `starts` (`ActorCritic.starts`).
 
     Returns `(fields, losses, metrics)`: the new `params`/`opt_state` (actor, critic),
     `slow_critic` and `return_norm`; the losses to check for finiteness; metrics.

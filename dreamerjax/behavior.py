@@ -54,16 +54,33 @@ class ActorCritic:
     return heads.scalar_predict(self.config.critic_head, self.critic.apply(critic_params, features),
                                 self.world_model.bins)
 
+  def starts(self, wm_params, features, batch) -> dict:
+    """What imagination starts from, one entry per replayed step (`N = B*T`), gradients stopped:
+    `carry` (the dynamics state, with the Transformer's context window), and for the behaviour-
+    cloning term the action the data took next from that state (`bc_action [N, A]`) and
+    whether there is one (`bc_mask [N]`: not after the last step nor into an `is_first`)."""
+    batch_size, length = batch['is_first'].shape
+    is_first = batch['is_first'].at[:, 0].set(True)  # as WorldModel.loss observes it
+    dynamics = self.world_model.dynamics
+    if hasattr(dynamics, 'start_states'):
+      carry = dynamics.start_states(wm_params['dynamics'], features, batch['action'], is_first)
+    else:  # a dynamics whose state is its features
+      carry = dynamics.state_from_features(features.reshape(batch_size * length, -1))
+    next_action = jnp.concatenate([batch['action'][:, 1:], jnp.zeros_like(batch['action'][:, :1])],
+                                  1)
+    has_next = jnp.concatenate([~batch['is_first'][:, 1:], jnp.zeros((batch_size, 1), bool)], 1)
+    return sg({'carry': carry, 'bc_action': next_action.reshape(batch_size * length, -1),
+               'bc_mask': has_next.reshape(-1).astype(jnp.float32)})
+
   def rollout(self, wm_params, actor_params, starts, key):
-    """Imagines from `starts` (`[N, F]` features).
+    """Imagines from `starts` (see `starts`).
 
     Returns `(features [N, H+1, F], actions [N, H, A])`.
     """
     dynamics = self.world_model.dynamics
     policy = lambda features, k: self.action_dist(actor_params, features).sample(k)  # noqa: E731
-    _, features, actions = dynamics.imagine(
-        wm_params['dynamics'], dynamics.state_from_features(starts), policy, self.config.horizon,
-        key)
+    _, features, actions = dynamics.imagine(wm_params['dynamics'], starts['carry'], policy,
+                                            self.config.horizon, key)
     return features, actions
 
   def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont):
@@ -99,19 +116,30 @@ class ActorCritic:
     dist = self.action_dist(actor_params, sg(features[:, :-1]))
     advantage = (returns - value[:, :-1]) / scale
     objective = jnp.zeros_like(returns)
-    if self.reinforce_mix > 0:
+    if a.actor_objective == 'sign':
+      objective += sign_of_advantage(dist.log_prob(actions), sg(advantage), weight)
+    elif self.reinforce_mix > 0:
       objective += self.reinforce_mix * dist.log_prob(actions) * sg(advantage)
-    if self.reinforce_mix < 1:
+    if self.reinforce_mix < 1 and a.actor_objective != 'sign':
       objective += (1.0 - self.reinforce_mix) * returns / scale
     entropy = dist.entropy()
     loss = -jnp.mean(weight * (objective + a.entropy * entropy))
+    bc_metrics = {}
+    if a.bc_weight > 0:  # offline: stay close to the data's actions at the replayed states
+      start_dist = self.action_dist(actor_params, sg(features[:, 0]))
+      mask = starts['bc_mask']
+      bc_loss = -jnp.sum(mask * start_dist.log_prob(starts['bc_action'])) / jnp.maximum(
+          jnp.sum(mask), 1.0)
+      loss += a.bc_weight * bc_loss
+      bc_metrics = {'ac/bc_loss': bc_loss}
     aux = dict(features=sg(features), returns=sg(returns), weight=weight,
                return_norm=ReturnNorm(low=low, high=high),
                metrics={'ac/actor_loss': loss, 'ac/entropy': jnp.mean(entropy),
                         'ac/return_mean': jnp.mean(returns), 'ac/value_mean': jnp.mean(value),
                         'ac/return_scale': scale, 'ac/advantage_std': jnp.std(advantage),
                         'ac/imagined_reward': jnp.mean(
-                            self.world_model.reward(sg(wm_params), sg(features[:, 1:])))})
+                            self.world_model.reward(sg(wm_params), sg(features[:, 1:]))),
+                        **bc_metrics})
     return loss, aux
 
   def critic_loss(self, critic_params, slow_critic_params, features, returns, weight):
@@ -124,3 +152,20 @@ class ActorCritic:
                                                     self.world_model.bins)
     loss = jnp.mean(weight * loss)
     return loss, {'ac/critic_loss': loss}
+
+
+def sign_of_advantage(log_prob: jax.Array, advantage: jax.Array, weight: jax.Array,
+                      positive_share: float = 0.5) -> jax.Array:
+  """DreamerV4's policy objective `[N, H]` (PMPO-style): only the sign of the advantage counts.
+
+  objective = share * log pi(a) / n+ on states with A > 0, - (1 - share) * log pi(a) / n- on
+  states with A < 0, where n+- are the (weighted) fractions of such states, so both sets pull
+  with fixed total strength whatever the scale of the returns.
+  """
+  positive = (advantage > 0).astype(jnp.float32)
+  negative = (advantage < 0).astype(jnp.float32)
+  total = jnp.maximum(jnp.sum(weight), 1e-6)
+  positive_fraction = jnp.maximum(jnp.sum(weight * positive) / total, 1e-6)
+  negative_fraction = jnp.maximum(jnp.sum(weight * negative) / total, 1e-6)
+  return log_prob * (positive_share * positive / positive_fraction -
+                     (1.0 - positive_share) * negative / negative_fraction)

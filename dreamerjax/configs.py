@@ -30,6 +30,21 @@ SIZES = {
     '400m': dict(deter=12288, hidden=1536, classes=96, depth=96, units=1536),
 }
 SIZE_DEFAULTS = dict(stoch=32, blocks=8)
+# Transformer dynamics (`model.dynamics=transformer`) per size: width, blocks, heads, and the
+# attention window in steps. Widths give about the RSSM's dynamics parameter count (see
+# `make bench`, benchmarks/dynamics.json).
+TRANSFORMER_SIZES = {
+    'debug': dict(width=32, layers=1, heads=2, context=8),
+    'tiny': dict(width=64, layers=2, heads=4, context=16),
+    'small': dict(width=128, layers=2, heads=4, context=32),
+    '1m': dict(width=128, layers=2, heads=4, context=64),
+    '12m': dict(width=256, layers=4, heads=8, context=64),
+    '25m': dict(width=384, layers=4, heads=8, context=64),
+    '50m': dict(width=512, layers=4, heads=8, context=64),
+    '100m': dict(width=768, layers=6, heads=12, context=64),
+    '200m': dict(width=1024, layers=6, heads=16, context=64),
+    '400m': dict(width=1536, layers=8, heads=16, context=64),
+}
 
 # Each variant is a recipe over the same parts. Paper values; see README for sources.
 VARIANTS = {
@@ -77,7 +92,21 @@ VARIANTS = {
 # planning), 'cmaes' (World Models controller evolved in the dream).
 POLICIES = (None, 'actor_critic', 'cem', 'cmaes')
 
-MODES = ('online',)
+# STORM (Zhang et al. 2023): DreamerV3's recipe with Transformer dynamics, learned online.
+VARIANTS['storm'] = {**VARIANTS['dreamerv3'],
+                     'model': {**VARIANTS['dreamerv3']['model'], 'dynamics': 'transformer'}}
+# DreamerV4 (Hafner et al. 2025): Transformer dynamics and a policy learned offline from recorded
+# data only, with a behaviour-cloning term and the sign-of-advantage policy objective.
+VARIANTS['dreamerv4'] = {
+    **VARIANTS['storm'], 'run': dict(mode='offline'),
+    'agent': {**VARIANTS['dreamerv3']['agent'], 'bc_weight': 1.0, 'actor_objective': 'sign'}}
+# Values a variant may set; used where it does not.
+VARIANT_DEFAULTS = {'model': dict(dynamics='rssm'), 'run': dict(mode='online'),
+                    'agent': dict(bc_weight=0.0, actor_objective='reinforce')}
+DYNAMICS = ('rssm', 'transformer')
+ACTOR_OBJECTIVES = ('reinforce', 'sign')
+
+MODES = ('online', 'offline')
 
 
 def _placeholder(kind):
@@ -101,7 +130,8 @@ def base() -> ml_collections.ConfigDict:
   c.env.max_episode_steps = _placeholder(int)
 
   c.run = ml_collections.ConfigDict()
-  c.run.mode = 'online'
+  c.run.mode = _placeholder(str)       # online, or offline (from run.dataset; see MODES)
+  c.run.dataset = ''                   # offline: a directory written by scripts/record.py
   c.run.steps = 100_000                # total env steps (all envs together)
   c.run.train_ratio = 512.0           # replayed steps (batch * length) per env step
   c.run.envs = 4
@@ -122,6 +152,9 @@ def base() -> ml_collections.ConfigDict:
   for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
     c.model[key] = _placeholder(int)
   c.model.latent = _placeholder(str)
+  c.model.dynamics = _placeholder(str)   # rssm or transformer (see DYNAMICS)
+  for key in ('width', 'layers', 'heads', 'context'):  # transformer dynamics
+    c.model[key] = _placeholder(int)
   for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
     c.model[key] = _placeholder(float)
   c.model.reward_head = _placeholder(str)
@@ -153,6 +186,8 @@ def base() -> ml_collections.ConfigDict:
   c.agent.return_norm = _placeholder(str)
   c.agent.return_norm_decay = 0.99
   c.agent.return_norm_percentiles = (5.0, 95.0)
+  c.agent.bc_weight = _placeholder(float)        # behaviour cloning toward the data's actions
+  c.agent.actor_objective = _placeholder(str)    # reinforce (with actor_grad_mix) or sign
   c.agent.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
 
   # CEM planning over the learned model (PlaNet), used when agent.policy == 'cem'.
@@ -287,7 +322,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   variant = VARIANTS[config.variant]
   # Variant values override size values (DreamerV2's 32 classes), user values override both.
-  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size]}}, variant]
+  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size], **TRANSFORMER_SIZES[config.size]}},
+            VARIANT_DEFAULTS, variant]
   for layer in reversed(layers):
     for section, values in layer.items():
       for key, value in values.items():
@@ -373,7 +409,38 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                       '.rollouts >= 1')
     if model.latent != 'gaussian':
       problems.append('--config.model.latent must be gaussian for worldmodels (the VAE latent)')
+  problems.extend(_transformer_problems(config))
   if model.compute_dtype not in ('float32', 'bfloat16'):
     problems.append('--config.model.compute_dtype must be float32 or bfloat16')
   if problems:
     raise ValueError('invalid config:\n  - ' + '\n  - '.join(problems))
+
+
+def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Checks of the Transformer dynamics and offline-mode keys."""
+  model, agent, run = config.model, config.agent, config.run
+  problems = []
+  if model.dynamics not in DYNAMICS:
+    problems.append(f'--config.model.dynamics must be one of {DYNAMICS} (got {model.dynamics!r})')
+  if model.dynamics == 'transformer':
+    if model.latent != 'categorical':
+      problems.append('--config.model.latent must be categorical with '
+                      '--config.model.dynamics=transformer')
+    if min(model.width, model.layers, model.heads, model.context) < 1:
+      problems.append('--config.model.width, .layers, .heads and .context must be >= 1')
+    elif model.width % model.heads or (model.width // model.heads) % 2:
+      problems.append(f'--config.model.width={model.width} must be divisible by '
+                      f'--config.model.heads={model.heads} into an even head size (rotary '
+                      'positions rotate pairs)')
+  if agent.actor_objective not in ACTOR_OBJECTIVES:
+    problems.append(f'--config.agent.actor_objective must be one of {ACTOR_OBJECTIVES} '
+                    f'(got {agent.actor_objective!r})')
+  if agent.bc_weight < 0:
+    problems.append(f'--config.agent.bc_weight must be >= 0 (got {agent.bc_weight})')
+  if run.mode == 'offline' and not run.dataset:
+    problems.append('--config.run.mode=offline needs --config.run.dataset=<directory> (record one '
+                    'with scripts/record.py)')
+  elif run.mode == 'offline' and not os.path.isfile(os.path.join(run.dataset, 'manifest.json')):
+    problems.append(f'--config.run.dataset={run.dataset!r} holds no manifest.json; record a '
+                    'dataset there with scripts/record.py')
+  return problems

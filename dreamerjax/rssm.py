@@ -12,6 +12,7 @@ explicit parameters, so every method is a pure function usable under jit/vmap/gr
       -> (carry, feats [B,T,F], post, prior)   # post/prior: stats dicts, [B, T, ...] leaves
   imagine(params, carry, policy, horizon, key)
       -> (carry, feats [B,H+1,F], actions [B,H,A])
+  start_states(params, feats [B,T,F], actions, is_first) -> carry [B*T, ...]  # imagination starts
   loss(post, prior, free_nats) -> (dyn [B,T], rep [B,T])
 """
 
@@ -128,6 +129,12 @@ class RSSM:
     if self.cell.latent == 'categorical':
       stoch = stoch.reshape(*stoch.shape[:-1], self.cell.stoch, self.cell.classes)
     return {'deter': deter, 'stoch': stoch}
+
+  def start_states(self, params, features, actions, is_first) -> dict:
+    """Carries `[B*T, ...]` to imagine from, one per observed step (`features [B, T, F]`); the
+    RSSM state is its features (the Transformer also needs the context window)."""
+    del params, actions, is_first
+    return self.state_from_features(features.reshape(-1, features.shape[-1]))
 
   def _reset(self, carry, action, is_first):
     """Zeroes the state and previous action of sequences that start a new episode."""

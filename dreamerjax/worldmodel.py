@@ -11,6 +11,7 @@ import optax
 
 from dreamerjax import dists, heads, nets, ops
 from dreamerjax.rssm import RSSM, RSSMCell
+from dreamerjax.transformer import Transformer, TransformerCore
 from dreamerjax.types import Batch, Params
 
 IMAGE, VECTOR = 'image', 'vector'
@@ -32,9 +33,15 @@ class WorldModel:
     m = self.config
     dtype = jnp.dtype(m.compute_dtype)
     common = dict(norm=m.norm, act=m.act, dtype=dtype)
-    object.__setattr__(self, 'dynamics', RSSM(RSSMCell(
-        deter=m.deter, hidden=m.hidden, stoch=m.stoch, classes=m.classes, latent=m.latent,
-        blocks=m.blocks, unimix=m.unimix, **common)))
+    if m.get('dynamics') == 'transformer':
+      dynamics = Transformer(TransformerCore(
+          width=m.width, layers=m.layers, heads=m.heads, hidden=m.hidden, stoch=m.stoch,
+          classes=m.classes, unimix=m.unimix, **common), context=m.context)
+    else:
+      dynamics = RSSM(RSSMCell(
+          deter=m.deter, hidden=m.hidden, stoch=m.stoch, classes=m.classes, latent=m.latent,
+          blocks=m.blocks, unimix=m.unimix, **common))
+    object.__setattr__(self, 'dynamics', dynamics)
     modules = {}
     if IMAGE in self.obs_space:
       shape = tuple(self.obs_space[IMAGE][0])
