@@ -437,6 +437,8 @@ def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
                     f'(got {agent.actor_objective!r})')
   if agent.bc_weight < 0:
     problems.append(f'--config.agent.bc_weight must be >= 0 (got {agent.bc_weight})')
+  if run.mode == 'offline' and config.num_seeds != 1:
+    problems.append('--config.num_seeds must be 1 with --config.run.mode=offline')
   if run.mode == 'offline' and not run.dataset:
     problems.append('--config.run.mode=offline needs --config.run.dataset=<directory> (record one '
                     'with scripts/record.py)')

@@ -235,18 +235,24 @@ def _model_obs(obs: dict, env: envs.VectorEnv | EnvGroup) -> dict:
   return {key: obs[key] for key in (*env.obs_space, 'is_first')}
 
 
-def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
-  """The newest checkpoint of the run in `workdir`: `(env step, TrainState, ReplayState, meta)`,
-  sharded as the run had them (every process calls it with several processes)."""
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spec]:
+  """The config, agent and replay spec of the run in `workdir` (no arrays)."""
   with open(os.path.join(workdir, CONFIG_FILE)) as f:
     config = configs.base()  # keys added since the run was saved keep their defaults
     configs.update(config, json.load(f))
-  mesh = parallel.make_mesh(config.parallel.devices)
-  layout = parallel.Layout(mesh, config.num_seeds)
   env = make_env(config, 1, config.seed)
   env.close()
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
-  programs, make_state, make_replay = build(agent, layout, config, replay_spec(env))
+  return config, agent, replay_spec(env)
+
+
+def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
+  """The newest checkpoint of the run in `workdir`: `(env step, TrainState, ReplayState, meta)`,
+  sharded as the run had them (every process calls it with several processes)."""
+  config, agent, spec = load_run(workdir)
+  mesh = parallel.make_mesh(config.parallel.devices)
+  layout = parallel.Layout(mesh, config.num_seeds)
+  programs, make_state, make_replay = build(agent, layout, config, spec)
   with_sharding = lambda tree, shardings: jax.tree.map(  # noqa: E731
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
   abstract = {'agent': with_sharding(jax.eval_shape(make_state), programs.state_sharding),
@@ -275,6 +281,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.run.compile_cache))
   mesh = parallel.make_mesh(config.parallel.devices)
   configs.validate(config, mesh.size)
+  if config.run.mode == 'offline':  # from a recorded dataset; the env only for evaluation
+    from dreamerjax import offline  # offline builds on this module
+    return offline.run(config, workdir)
   layout = parallel.Layout(mesh, config.num_seeds)
   run_config = config.run
   env = make_env_group(config, run_config.envs, config.seed, layout)
