@@ -177,10 +177,14 @@ class VectorEnv:
         self._lengths = np.zeros(num_envs, np.int64)
         self._finished: list[tuple[int, float, int]] = []
         self._needs_reset = True
+        # Simulator ground truth of the last reset/step, for diagnostics (state probes): DMC
+        # proprio observation parts by name, Atari RAM, the classic-control state vector.
+        self.truth: dict[str, np.ndarray] = {}
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env; all entries of the result have ``is_first``."""
-        obs, _ = self._env.reset()
+        obs, info = self._env.reset()
+        self.truth = _ground_truth(self.family, obs, info, self.num_envs)
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._needs_reset = False
@@ -197,6 +201,7 @@ class VectorEnv:
         if self._needs_reset:
             raise RuntimeError("call reset() before the first step()")
         obs, reward, terminated, truncated, info = self._env.step(self._convert_action(action))
+        self.truth = _ground_truth(self.family, obs, info, self.num_envs)
         is_first = np.asarray(info["elapsed_step"]) == 0
         reward = np.asarray(reward, np.float32).copy()
         reward[is_first] = 0.0  # envpool repeats the last reward on the auto-reset step (DMC)
@@ -253,6 +258,17 @@ class VectorEnv:
 
     def __repr__(self) -> str:
         return f"VectorEnv({self.task!r}, num_envs={self.num_envs}, family={self.family!r})"
+
+
+def _ground_truth(family: str, obs: Any, info: dict, n: int) -> dict[str, np.ndarray]:
+    if family == "atari":
+        return {"ram": np.asarray(info["ram"], np.float32).reshape(n, -1)}
+    if isinstance(obs, dict):  # DMC proprio (pixel DMC has no state in obs or info)
+        return {k: np.asarray(v, np.float32).reshape(n, -1) for k, v in obs.items()
+                if k != "pixels"}
+    if family == "classic":
+        return {"state": np.asarray(obs, np.float32).reshape(n, -1)}
+    return {}
 
 
 def _image_obs(obs: np.ndarray) -> dict[str, np.ndarray]:

@@ -56,7 +56,8 @@ def open_loop(world_model, params, batch: Batch, context: int, key: jax.Array) -
   prediction = world_model.decode(params, feats)
   prediction['reward'] = world_model.reward(params, feats)
   prediction['cont'] = jax.nn.sigmoid(world_model.cont_logits(params, feats))
-  truth = {key: batch[key][:, context:].astype(jnp.float32) for key in prediction}
+  truth = {key: batch[key][:, context:].astype(jnp.float32) for key in prediction
+           if key != 'cont'}
   truth['cont'] = 1.0 - batch['is_terminal'][:, context:].astype(jnp.float32)
   if 'image' in truth:
     truth['image'] = truth['image'] / 255.0

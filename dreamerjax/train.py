@@ -284,6 +284,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.run.mode == 'offline':  # from a recorded dataset; the env only for evaluation
     from dreamerjax import offline  # offline builds on this module
     return offline.run(config, workdir)
+  if config.variant == 'worldmodels':  # trained in stages, not by this online loop
+    from dreamerjax import worldmodels
+    return worldmodels.run(config, workdir)
   layout = parallel.Layout(mesh, config.num_seeds)
   run_config = config.run
   env = make_env_group(config, run_config.envs, config.seed, layout)
