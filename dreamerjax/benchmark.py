@@ -1,5 +1,6 @@
 """Speed measurements behind `make bench`: train_step per size preset, the full training loop,
-weak scaling over devices, and many seeds in one program versus separate processes.
+weak scaling over devices, many seeds in one program versus separate processes, and RSSM versus
+Transformer dynamics.
 
 Every function returns plain records (dicts) that `scripts/benchmark.py` writes as JSON.
 """
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax import configs, logger, parallel, train
+from dreamerjax import configs, logger, nets, parallel, train
 from dreamerjax.agent import Agent
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
@@ -231,3 +232,40 @@ def seeds_record(config_values: dict, seeds: int) -> dict:
                                  'wall_s': round(separate_wall, 1)},
           'ratio': round(one['env_steps_per_s'] / max(separate_rate, 1e-9), 3),
           'wall_ratio': round(separate_wall / max(one['wall_s'], 1e-9), 3)}
+
+
+# ------------------------------------------------------------------------------- dynamics
+
+def dynamics_record(size: str, variant: str, length: int, batch: int = 16, horizon: int = 15,
+                    repeats: int = 3) -> dict:
+  """`train_step_record` (vector obs) for one dynamics model, with the dynamics' own parameter
+  count and imagination steps/s: `dynamics.imagine` of `horizon` steps from `batch * length`
+  start states (for the Transformer, with their `context`-step key/value caches)."""
+  record = train_step_record(size, 'vector', batch=batch, length=length, repeats=repeats,
+                             variant=variant)
+  config = configs.base()
+  config.size, config.variant = size, variant
+  agent = Agent(configs.resolve(config), OBS_SPACES['vector'], True, 17)
+  world_model = agent.world_model
+  dynamics = world_model.dynamics
+  params = jax.jit(world_model.init)(jax.random.key(0))
+  data = synthetic_batch(OBS_SPACES['vector'], batch, length, 17)
+
+  @jax.jit
+  def starts(params, data):
+    features = world_model.loss(params, data, jax.random.key(1))[1][0]
+    return agent.behavior.starts(params, features, data)['carry']
+
+  policy = lambda features, key: jax.nn.one_hot(  # noqa: E731
+      jax.random.randint(key, features.shape[:1], 0, 17), 17)
+  imagine = jax.jit(lambda p, carry, key: dynamics.imagine(p, carry, policy, horizon, key)[1])
+  carry = starts(params, data)
+  jax.block_until_ready(imagine(params['dynamics'], carry, jax.random.key(2)))
+  start = time.perf_counter()
+  for index in range(repeats):
+    jax.block_until_ready(imagine(params['dynamics'], carry, jax.random.key(index)))
+  seconds = (time.perf_counter() - start) / repeats
+  return {**record, 'dynamics': agent.config.model.dynamics,
+          'dynamics_params': nets.count_params(params['dynamics']),
+          'imagine_starts': batch * length, 'horizon': horizon,
+          'imagine_steps_per_s': round(batch * length * horizon / seconds, 1)}

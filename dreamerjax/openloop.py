@@ -1,9 +1,10 @@
-"""Open-loop prediction: observe a context of k steps, then roll the prior forward on recorded actions.
+"""Open-loop prediction: observe a context of k steps, then roll the prior forward on recorded
+actions.
 
 `rollout_actions` is the action-sequence form of `dynamics.imagine` (the planner evaluates its
 candidates with it). `open_loop` compares predicted observations, rewards and continues with the
-truth for horizons 1..H; `write_video` renders truth | prediction | error to the workdir (GIF) and to
-TensorBoard (a frame strip per horizon).
+truth for horizons 1..H; `write_video` renders truth | prediction | error to the workdir (GIF)
+and to TensorBoard (a frame strip per horizon).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def open_loop(world_model, params, batch: Batch, context: int, key: jax.Array) -
 
   The posterior is built from the observations of steps `0 .. context-1`; from there on the model
   only sees the recorded actions. Returns `{'truth': {...}, 'prediction': {...}, 'error': {...}}`
-  with `[B, H, ...]` observations, `reward` and `cont` (H = T - context), and per-horizon mean squared
-  errors `[H]` under `error`.
+  with `[B, H, ...]` observations, `reward` and `cont` (H = T - context), and per-horizon mean
+  squared errors `[H]` under `error`.
   """
   observe_key, rollout_key = jax.random.split(key)
   dynamics = world_model.dynamics

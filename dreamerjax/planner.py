@@ -5,8 +5,8 @@ current belief, roll them out open loop from the env's posterior state (`openloo
 the action-sequence form of `dynamics.imagine`), score them by the predicted discounted return
 `sum_t discount^t * prod_{s<t} cont_s * reward_t`, and refit the belief to the `elites` best.
 Continuous actions: a diagonal Gaussian clipped to [-1, 1] (as in PlaNet). Discrete actions: a
-categorical per step, refit to the elites' action frequencies. The first action of the final belief's
-mean (or mode) is executed. Everything runs inside jit with fixed shapes.
+categorical per step, refit to the elites' action frequencies. The first action of the final
+belief's mean (or mode) is executed. Everything runs inside jit with fixed shapes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ class Planner:
   config: ml_collections.ConfigDict          # the `planner` section
 
   def score(self, params, start: dict, actions: jax.Array, key: jax.Array) -> jax.Array:
-    """Predicted returns `[C]` of action sequences `[C, H, A]` from one state (leaves `[1, ...]`)."""
+    """Predicted returns `[C]` of action sequences `[C, H, A]` from one state (leaves
+    `[1, ...]`)."""
     count = actions.shape[0]
     carry = jax.tree.map(lambda x: jnp.broadcast_to(x, (count, *x.shape[1:])), start)
     _, feats = rollout_actions(self.world_model.dynamics, params['dynamics'], carry, actions, key)

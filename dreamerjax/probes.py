@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -183,7 +182,7 @@ def probe_table(features: dict, data: dict, key: jax.Array, steps: int = 2000,
     prediction = fit_probe(feats[train_mask], y[train_mask], feats[~train_mask],
                            jax.random.fold_in(key, horizon), steps=steps)
     bounds = np.cumsum([0, *sizes])
-    for name, low, high in zip(columns, bounds[:-1], bounds[1:]):
+    for name, low, high in zip(columns, bounds[:-1], bounds[1:], strict=True):
       table[name][horizon] = r2_score(prediction[:, low:high], y[~train_mask][:, low:high])
   return table
 
@@ -205,7 +204,8 @@ def write_report(table: dict[str, dict[int, float]], out_dir: str, title: str) -
   for name, scores in table.items():
     lines.append(f'| {name} | ' + ' | '.join(f'{scores[h]:.3f}' for h in horizons) + ' |')
   paths = {'markdown': os.path.join(out_dir, 'probes.md'),
-           'json': os.path.join(out_dir, 'probes.json'), 'plot': os.path.join(out_dir, 'probes.png')}
+           'json': os.path.join(out_dir, 'probes.json'),
+           'plot': os.path.join(out_dir, 'probes.png')}
   with open(paths['markdown'], 'w') as f:
     f.write('\n'.join(lines) + '\n')
   with open(paths['json'], 'w') as f:

@@ -49,7 +49,7 @@ class WorldModel:
         raise ValueError(f'image observations must be a multiple of 16 in height and width, got '
                          f'{shape}; set --config.env.image_size=64')
       modules['image_encoder'] = nets.ImageEncoder(m.depth, kernel=m.kernel, **common)
-      modules['image_decoder'] = nets.ImageDecoder(shape, m.depth, kernel=m.kernel, **common)
+      modules['image_decoder'] = nets.ImageDecoder(shape, m.depth, **common)
     if VECTOR in self.obs_space:
       size = self.obs_space[VECTOR][0][0]
       modules['vector_encoder'] = nets.VectorEncoder(m.encoder_layers, m.units, **common)

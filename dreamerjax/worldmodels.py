@@ -5,8 +5,8 @@ actor-critic work on them unchanged:
 
 * `MDNRNN` is a dynamics model with the RSSM's API (it reuses `RSSM.observe`/`imagine`): the
   deterministic state is an LSTM (or GRU) over `[z_{t-1}, a_t]`; the prior over `z_t` is a mixture
-  of Gaussians per dimension (`mdn`), sampled with a temperature in the dream; the "posterior" is the
-  VAE's `q(z_t | x_t)`. Features are `[h (, c), z]`.
+  of Gaussians per dimension (`mdn`), sampled with a temperature in the dream; the "posterior" is
+  the VAE's `q(z_t | x_t)`. Features are `[h (, c), z]`.
 * `WorldModelsModel` holds the VAE encoder/decoder, the MDN-RNN and reward/continue heads, with
   the `WorldModel` methods the agent, planner and diagnostics use.
 
@@ -302,7 +302,7 @@ def _fit(loss_fn, params, replay_state, steps: int, batch_size: int, length: int
   for step in range(steps):
     params, opt_state, metrics = update(params, opt_state, jax.random.fold_in(key, step))
     if (step + 1) % every == 0 or step + 1 == steps:
-      log(jax.device_get(metrics), step + 1 - every * (step // every))
+      log(jax.device_get(metrics), step % every + 1)
   return params
 
 
@@ -438,7 +438,7 @@ def _train_cmaes(config, model, params, replayed, discrete, action_size, key, lo
     if (index + 1) % 10 == 0 or index + 1 == w.generations:
       theta = state.mean
       metrics['eval/episode/return'], _ = evaluate_policy(
-          lambda f, _: controller_action(theta, f, discrete), config.seed + index)
+          lambda f, _, theta=theta: controller_action(theta, f, discrete), config.seed + index)
       logging.info('CMA-ES generation %d: dream fitness %.1f, real return %.1f', index + 1,
                    metrics['cmaes/fitness_mean'], metrics['eval/episode/return'])
     log(metrics)
@@ -464,10 +464,11 @@ def _train_actor_critic(config, model, params, replayed, discrete, action_size, 
     fields, _, metrics = agent.behavior_update(state, params, starts, start_cont, img_key)
     return state.replace(**fields), metrics
 
-  for index in range(config.worldmodels.ac_steps):
+  steps, every = config.worldmodels.ac_steps, 100
+  for index in range(steps):
     state, metrics = update(state, jax.random.fold_in(key, index))
-    if (index + 1) % 100 == 0:
-      log(jax.device_get(metrics), 100)
+    if (index + 1) % every == 0 or index + 1 == steps:  # short runs log their last update too
+      log(jax.device_get(metrics), index % every + 1)
   actor = state.params['actor']
   return {'params': {'actor': actor, 'critic': state.params['critic']},
           'policy': lambda features, _: agent.behavior.action_dist(actor, features).mode()}

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --only=train_step --sizes=1m,12m
     python scripts/benchmark.py --only=loop
     python scripts/benchmark.py --only=scaling,seeds --scaling_devices=1,2,4,8 --seeds=1,2,4,8
+    python scripts/benchmark.py --only=dynamics --dynamics_size=tiny --dynamics_lengths=64,256
 """
 
 import json
@@ -19,7 +20,7 @@ from dreamerjax.logger import quiet_library_logs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string('out', 'benchmarks', 'Output directory.')
-_ONLY = flags.DEFINE_list('only', ['train_step', 'loop', 'scaling', 'seeds'],
+_ONLY = flags.DEFINE_list('only', ['train_step', 'loop', 'scaling', 'seeds', 'dynamics'],
                           'Which benchmarks to run.')
 _SIZES = flags.DEFINE_list('sizes', ['1m', '12m'], 'Size presets for the train_step benchmark.')
 _OBS = flags.DEFINE_list('obs', ['vector', 'image'], 'Observation kinds for train_step.')
@@ -30,6 +31,9 @@ _SCALING_SIZE = flags.DEFINE_string('scaling_size', 'debug', 'Size preset for sc
 _PER_DEVICE_BATCH = flags.DEFINE_integer('per_device_batch', 4, 'Sequences per device (scaling).')
 _SEEDS = flags.DEFINE_list('seeds', ['1', '2', '4', '8'], 'Seed counts K of the seeds benchmark.')
 _SEEDS_STEPS = flags.DEFINE_integer('seeds_steps', 2000, 'Env steps per seed (seeds benchmark).')
+_DYNAMICS_SIZE = flags.DEFINE_string('dynamics_size', 'tiny', 'Size preset of the dynamics '
+                                     'benchmark (RSSM vs Transformer).')
+_DYNAMICS_LENGTHS = flags.DEFINE_list('dynamics_lengths', ['64', '256'], 'Sequence lengths T.')
 
 
 def _suite(name):
@@ -89,6 +93,17 @@ def main(argv):
       logging.info('%s', record)
       records.append(record)
       _write('seeds', records)
+
+
+  if 'dynamics' in _ONLY.value:
+    # Train step of RSSM (dreamerv3) vs Transformer (storm) dynamics, and imagination steps/s.
+    records = []
+    for length in (int(t) for t in _DYNAMICS_LENGTHS.value):
+      for variant in ('dreamerv3', 'storm'):
+        record = benchmark.dynamics_record(_DYNAMICS_SIZE.value, variant, length)
+        logging.info('%s', record)
+        records.append(record)
+        _write('dynamics', records)
 
 
 if __name__ == '__main__':

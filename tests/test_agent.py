@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax import configs
+from dreamerjax import configs, nets
 from dreamerjax.agent import Agent, check_finite
 
 B, T = 3, 8
@@ -164,3 +164,16 @@ def test_nonfinite_loss_raises_and_keeps_state():
   with pytest.raises(FloatingPointError, match='non-finite loss at env step 7'):
     check_finite(fetched, 7)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
+
+
+def test_upsample_conv_equals_transposed_conv():
+  """The decoder's upsampling is a 4x4 stride-2 transposed convolution, computed differently."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
+  k4 = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 6))
+  want = jax.lax.conv_transpose(x, k4, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  # Output phase p reads kernel taps p + 2a (a = 0, 1) along each axis: split each 4-axis into
+  # (a, p) and move the phases next to the output channels.
+  k2 = k4.reshape(2, 2, 2, 2, 3, 6).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, 3, 24)
+  got = nets.upsample_conv(x, k2)
+  assert got.shape == want.shape == (2, 10, 14, 6)
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -6,7 +6,6 @@ t), reward `x_t[0]`, never terminating. With `shift=1` it is the exact model of 
 
 import dataclasses
 
-
 import jax.numpy as jnp
 import numpy as np
 
