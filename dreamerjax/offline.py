@@ -73,29 +73,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   save = lambda: checkpointer.save(  # noqa: E731
       counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
   start, last_save, metrics = time.monotonic(), time.monotonic(), None
-  while counters['updates'] < run_config.steps:
-    state, metrics = programs.train(state, replay_state)
-    counters['updates'] += 1
-    step = counters['updates']
-    if step % run_config.log_every == 0 or step == run_config.steps:
-      fetched = parallel.to_host(metrics)
-      check_finite(fetched, step)
-      logger.write(step, {**fetched, 'run/updates': step,
-                          'run/seconds': time.monotonic() - start})
-    if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
-      returns = train.evaluate(agent, programs, state, config, layout,
-                               run_config.eval_episodes, config.seed + 10_000 + step)
-      logger.write(step, {'eval/episode/return': float(np.nanmean(returns)),
-                          'eval/episode/return_std': float(np.nanstd(returns))})
-    logger.progress(step, step)
-    if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
-      save()
-      last_save = time.monotonic()
+  interrupted = None
+  with train.StopFlag() as stop:  # SIGTERM/SIGINT: checkpoint, then exit cleanly
+    while counters['updates'] < run_config.steps:
+      state, metrics = programs.train(state, replay_state)
+      counters['updates'] += 1
+      step = counters['updates']
+      if step % run_config.log_every == 0 or step == run_config.steps:
+        fetched = parallel.to_host(metrics)
+        check_finite(fetched, step)
+        logger.write(step, {**fetched, 'run/updates': step,
+                            'run/seconds': time.monotonic() - start})
+      if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
+        returns = train.evaluate(agent, programs, state, config, layout,
+                                 run_config.eval_episodes, config.seed + 10_000 + step)
+        logger.write(step, {'eval/episode/return': float(np.nanmean(returns)),
+                            'eval/episode/return_std': float(np.nanstd(returns))})
+      logger.progress(step, step)
+      if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
+        save()
+        last_save = time.monotonic()
+      if stop.signal is not None:
+        interrupted = stop.signal
+        break
   save()
   checkpointer.close()
   logger.close()
-  summary = dict(counters, dataset_steps=loaded * manifest['envs'],
+  summary = dict(counters, dataset_steps=loaded * manifest['envs'], interrupted=interrupted,
                  seconds=time.monotonic() - start)
   if parallel.is_main_process():
     summary['plot'] = plot_curve(workdir, key='eval/episode/return')
+  if interrupted:
+    logging.warning('Stopped by %s at update %d; checkpoint saved. Run the same command to '
+                    'resume.', interrupted, counters['updates'])
   return summary

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dreamerjax import configs, envs, parallel, replay
+from dreamerjax import configs, envs, openloop, parallel, replay
 from dreamerjax.agent import Agent, check_finite
 from dreamerjax.checkpoint import Checkpointer
 from dreamerjax.envgroup import EnvGroup
@@ -33,6 +33,9 @@ RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eva
                      'run.eval_episodes', 'run.save_every_minutes', 'run.keep_checkpoints',
                      'run.force', 'run.transfer_guard')
 CONFIG_FILE = 'config.json'
+# Observed steps before the open-loop prediction written at each evaluation (as in Dreamer's
+# open-loop videos: the rest of the replayed sequence is predicted from the actions alone).
+OPENLOOP_CONTEXT = 5
 
 
 def _flatten(tree: dict, prefix: str = '') -> dict:
@@ -81,7 +84,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   parallel.barrier('dreamerjax: workdir ready')
 
 
-class _StopFlag:
+class StopFlag:
   """Turns SIGTERM/SIGINT into a flag the loop polls, so it can checkpoint before exiting."""
 
   def __init__(self):
@@ -138,12 +141,15 @@ class Programs:
     `data`; the carry is donated; the key is folded with the env step inside.
   eval_policy: the same with the policy mode, on replicated eval envs.
   add(replay, step) -> replay: writes one step `[N, ...]` of every env; the replay is donated.
+  predict(state, replay) -> open-loop prediction (`openloop.open_loop`) of a replayed batch
+    `[B, T]` from its first `OPENLOOP_CONTEXT` steps, replicated (one seed only).
   """
 
   train: Callable
   policy: Callable
   eval_policy: Callable
   add: Callable
+  predict: Callable
   state_sharding: Any
   replay_sharding: Any
 
@@ -170,6 +176,12 @@ def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDi
     batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
     return agent.train_step(state.replace(rng=rng), batch)
 
+  def predict(state, replay_state):
+    sample_key, key = jax.random.split(jax.random.fold_in(state.rng, 1))
+    batch = replay.sample(replay_state, sample_key, batch_size, length)
+    return openloop.open_loop(agent.world_model, state.params['world_model'], batch,
+                              min(OPENLOOP_CONTEXT, length - 1), key)
+
   def acting(mode):
     def policy(state, carry, obs, key, step):
       return agent.policy_step(state, carry, obs, jax.random.fold_in(key, step), mode=mode)
@@ -187,6 +199,8 @@ def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDi
                           out_shardings=(whole, whole), donate_argnums=1),
       add=jax.jit(layout.over_seeds(replay.add), in_shardings=(replay_sharding, per_env),
                   out_shardings=replay_sharding, donate_argnums=0),
+      predict=jax.jit(predict, in_shardings=(state_sharding, replay_sharding),
+                      out_shardings=whole),
       state_sharding=state_sharding, replay_sharding=replay_sharding)
   make_state = jax.jit(lambda: init(keys()), out_shardings=state_sharding)
   return programs, make_state, jax.jit(make_replay, out_shardings=replay_sharding)
@@ -355,7 +369,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logger.write(int(step), {'episode/return': episode_return, 'episode/length': episode_length},
                    seed=seed_field(int(seed)))
 
-  with _StopFlag() as stop:
+  with StopFlag() as stop:
     while counters['env_step'] < run_config.steps:
       with guard():
         if counters['env_step'] < run_config.prefill:
@@ -414,6 +428,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           logger.write(step, {'eval/episode/return': float(np.nanmean(seed_returns)),
                               'eval/episode/return_std': float(np.nanstd(seed_returns))},
                        seed=seed_field(seed))
+        if not layout.stacked:  # what the model predicts from actions alone: metrics and video
+          prediction = parallel.to_host(programs.predict(state, replay_state))
+          logger.write(step, openloop.error_metrics(prediction))
+          if parallel.is_main_process():
+            openloop.write_video(logger, step, prediction)
       logger.progress(step, counters['updates'])
       save_due = time.monotonic() - last_save >= 60 * run_config.save_every_minutes
       stopping = stop.signal is not None

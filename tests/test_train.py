@@ -45,6 +45,9 @@ def test_train_script_end_to_end(tmp_path, suite, task):
   assert max(row['step'] for row in rows) == 240
   assert any('wm/loss' in row for row in rows)
   assert any('eval/episode/return' in row for row in rows)
+  # Each evaluation also writes the open-loop prediction of a replayed batch (metrics + video).
+  assert any(row.get('openloop/reward_mse_h1', -1) >= 0 for row in rows)
+  assert (workdir / 'videos' / 'openloop_200.gif').exists()
   assert (workdir / 'plots' / 'episode_return.png').exists()
   assert json.loads((workdir / 'config.json').read_text())['task'] == task
   assert (workdir / 'checkpoints' / '240').is_dir()
