@@ -47,6 +47,9 @@ class RunScore:
     score: float | None
     episodes: int
     from_pixels: bool
+    best: float | None = None              # the highest value of the key over the run
+    reached_step: int | None = None        # first step with key >= threshold (None: never)
+    reached_seconds: float | None = None   # wall-clock seconds of training at that step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Table:
     bootstrap_reps: int
     bootstrap_seed: int
     include_partial: bool
+    threshold: float | None
     runs: tuple[RunScore, ...]
     rows: tuple[TaskRow, ...]
     aggregates: tuple[Aggregate, ...]
@@ -148,9 +152,22 @@ def final_score(rows: list[dict], budget: float, final_fraction: float = FINAL_F
     return (float(np.mean(values)) if values else None), len(values)
 
 
+def first_reach(rows: list[dict], key: str, threshold: float) -> tuple[int | None, float | None]:
+    """The first step at which ``key >= threshold``, and the training seconds by then: the
+    ``run/seconds`` of the first log row at or after that step (an upper bound; None if none)."""
+    step = next((row['step'] for row in rows if row.get(key) is not None
+                 and row[key] >= threshold), None)
+    if step is None:
+        return None, None
+    seconds = [row['run/seconds'] for row in rows
+               if 'run/seconds' in row and row['step'] >= step]
+    return int(step), (float(min(seconds)) if seconds else None)
+
+
 def score_run(workdir: str, final_fraction: float = FINAL_FRACTION,
-              key: str = RETURN_KEY) -> RunScore:
-    """Reads a run folder (config.json and metrics.jsonl) and scores it."""
+              key: str = RETURN_KEY, threshold: float | None = None) -> RunScore:
+    """Reads a run folder (config.json and metrics.jsonl) and scores it; with a
+    ``threshold``, also when ``key`` first reached it."""
     with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
         config = json.load(f)
     budget = int(config['run']['steps'])
@@ -159,11 +176,15 @@ def score_run(workdir: str, final_fraction: float = FINAL_FRACTION,
         rows = drop_superseded(read_metrics(workdir))
     last_step = int(max((row['step'] for row in rows), default=0))
     score, episodes = final_score(rows, budget, final_fraction, key)
+    values = [row[key] for row in rows if row.get(key) is not None]
+    reached = first_reach(rows, key, threshold) if threshold is not None else (None, None)
     return RunScore(
         name=os.path.basename(os.path.normpath(workdir)), workdir=workdir, task=config['task'],
         method=method_label(config), seed=int(config.get('seed', 0)), budget=budget,
         last_step=last_step, finished=last_step >= budget, score=score, episodes=episodes,
-        from_pixels=bool(config.get('env', {}).get('from_pixels', False)))
+        from_pixels=bool(config.get('env', {}).get('from_pixels', False)),
+        best=float(max(values)) if values else None, reached_step=reached[0],
+        reached_seconds=reached[1])
 
 
 def run_folders(root: str) -> list[str]:
@@ -173,9 +194,9 @@ def run_folders(root: str) -> list[str]:
 
 
 def collect(root: str, final_fraction: float = FINAL_FRACTION,
-            key: str = RETURN_KEY) -> list[RunScore]:
+            key: str = RETURN_KEY, threshold: float | None = None) -> list[RunScore]:
     """Scores every run folder of ``root``, sorted by method, task and seed."""
-    runs = [score_run(folder, final_fraction, key) for folder in run_folders(root)]
+    runs = [score_run(folder, final_fraction, key, threshold) for folder in run_folders(root)]
     return sorted(runs, key=lambda run: (run.method, run.task, run.seed, run.name))
 
 
@@ -282,10 +303,12 @@ def baselines(family: str, task: str, budget: int,
 
 def build_table(root: str, final_fraction: float = FINAL_FRACTION,
                 bootstrap_reps: int = BOOTSTRAP_REPS, bootstrap_seed: int = 0,
-                include_partial: bool = False, key: str = RETURN_KEY) -> Table:
+                include_partial: bool = False, key: str = RETURN_KEY,
+                threshold: float | None = None) -> Table:
     """Scores every run of a sweep folder and computes per-task rows and aggregates. Only
-    finished runs count unless ``include_partial``."""
-    runs = collect(root, final_fraction, key)
+    finished runs count unless ``include_partial``. With a ``threshold``, the runs section also
+    says when each run first reached it."""
+    runs = collect(root, final_fraction, key, threshold)
     groups: dict[tuple[str, str], list[RunScore]] = collections.defaultdict(list)
     for run in runs:
         groups[(run.method, run.task)].append(run)
@@ -316,8 +339,8 @@ def build_table(root: str, final_fraction: float = FINAL_FRACTION,
                 aggregates += _published_aggregates(family, tasks, budget, from_pixels)
     return Table(root=os.path.abspath(root), key=key, final_fraction=final_fraction,
                  bootstrap_reps=bootstrap_reps, bootstrap_seed=bootstrap_seed,
-                 include_partial=include_partial, runs=tuple(runs), rows=tuple(rows),
-                 aggregates=tuple(aggregates))
+                 include_partial=include_partial, threshold=threshold, runs=tuple(runs),
+                 rows=tuple(rows), aggregates=tuple(aggregates))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,13 +459,23 @@ def _aggregate_section(table: Table, family: str) -> list[str]:
 
 
 def _runs_section(table: Table) -> list[str]:
-    lines = ['## Runs', '', '| run | task | method | seed | step / budget | episodes scored | '
-             'score |', '|---|---|---|---|---|---|---|']
+    header = '| run | task | method | seed | step / budget | episodes scored | score | best |'
+    rule = '|---|---|---|---|---|---|---|---|'
+    if table.threshold is not None:
+        header += f' first >= {_number(table.threshold)}: step (minutes) |'
+        rule += '---|'
+    lines = ['## Runs', '', header, rule]
     for run in table.runs:
         state = '' if run.finished else ' (unfinished)'
-        lines.append(f'| {run.name} | {run.task} | {run.method} | {run.seed} | '
-                     f'{run.last_step:,} / {run.budget:,}{state} | {run.episodes} | '
-                     f'{_number(run.score)} |')
+        line = (f'| {run.name} | {run.task} | {run.method} | {run.seed} | '
+                f'{run.last_step:,} / {run.budget:,}{state} | {run.episodes} | '
+                f'{_number(run.score)} | {_number(run.best)} |')
+        if table.threshold is not None:
+            minutes = ('' if run.reached_seconds is None
+                       else f' ({run.reached_seconds / 60:.1f})')
+            line += (' never |' if run.reached_step is None
+                     else f' {run.reached_step:,}{minutes} |')
+        lines.append(line)
     return lines + ['']
 
 

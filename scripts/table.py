@@ -28,6 +28,8 @@ _BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstr
 _INCLUDE_PARTIAL = flags.DEFINE_bool('include_partial', False,
                                      'Also score runs that have not reached run.steps.')
 _KEY = flags.DEFINE_string('key', RETURN_KEY, 'Metric to score (e.g. eval/episode/return).')
+_THRESHOLD = flags.DEFINE_float('threshold', None, 'Also report when each run first reached '
+                                'this value of --key (env step and training minutes).')
 flags.mark_flags_as_required(['root'])
 
 
@@ -35,7 +37,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     table = tables.build_table(_ROOT.value, _FINAL_FRACTION.value, _BOOTSTRAP_REPS.value,
-                               _BOOTSTRAP_SEED.value, _INCLUDE_PARTIAL.value, _KEY.value)
+                               _BOOTSTRAP_SEED.value, _INCLUDE_PARTIAL.value, _KEY.value,
+                               _THRESHOLD.value)
     paths = tables.write_table(table, _OUT.value or os.path.join(_ROOT.value, 'table'))
     print(tables.markdown(table))
     print('Wrote ' + ', '.join(paths))

@@ -120,6 +120,26 @@ def test_final_score_window():
         tables.final_score(rows, 1000, final_fraction=0.0)
 
 
+def test_first_reach_step_and_seconds():
+    rows = [{'step': 100, 'eval/episode/return': 50.0}, {'step': 200, 'run/seconds': 60.0},
+            {'step': 300, 'eval/episode/return': 420.0}, {'step': 400, 'run/seconds': 150.0},
+            {'step': 500, 'eval/episode/return': 500.0}, {'step': 600, 'run/seconds': 240.0}]
+    key = 'eval/episode/return'
+    assert tables.first_reach(rows, key, 400.0) == (300, 150.0)
+    assert tables.first_reach(rows, key, 500.0) == (500, 240.0)
+    assert tables.first_reach(rows, key, 501.0) == (None, None)
+    assert tables.first_reach(rows[:3], key, 400.0) == (300, None)  # no log row after it
+
+
+def test_runs_section_reports_the_threshold(tmp_path):
+    write_run(str(tmp_path), 'CartPole-v1__seed0', 'CartPole-v1', 0, 1000,
+              [(200, 100.0), (600, 450.0), (1000, 300.0)])
+    text = tables.markdown(tables.build_table(str(tmp_path), threshold=400.0))
+    assert '| best | first >= 400.0: step (minutes) |' in text
+    assert '| 1,000 / 1,000 | 1 | 300.0 | 450.0 | 600 |' in text
+    assert 'first >=' not in tables.markdown(tables.build_table(str(tmp_path)))
+
+
 def test_drop_superseded_keeps_the_resumed_segment():
     rows = [{'step': 100, 'a': 1}, {'step': 200, 'a': 2}, {'step': 300, 'a': 3},
             {'step': 200, 'a': 20}, {'step': 300, 'a': 30}, {'wm/loss': 1}]
