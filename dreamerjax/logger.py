@@ -80,8 +80,14 @@ class Logger:
         enabled: bool = True,
         tensorboard: bool = True,
         console_every_s: float = 10.0,
+        unit: str = 'env steps',
+        return_key: str = RETURN_KEY,
     ):
+        """``unit`` names what ``step`` counts on the progress line (offline runs count
+        updates); ``return_key`` is the metric whose last 10 values the line averages."""
         self.workdir = workdir
+        self.unit = unit
+        self.return_key = return_key
         self.total_steps = int(total_steps)
         self.enabled = enabled
         self.console_every_s = float(console_every_s)
@@ -118,8 +124,8 @@ class Logger:
         row = {'step': step, **({} if seed is None else {'seed': int(seed)}), **values}
         self._file.write(json.dumps(row, allow_nan=False) + '\n')
         self._file.flush()
-        if RETURN_KEY in values and values[RETURN_KEY] is not None:
-            self._returns.append(values[RETURN_KEY])
+        if values.get(self.return_key) is not None:
+            self._returns.append(values[self.return_key])
         if self._writer is not None:
             suffix = '' if seed is None else f'/seed{int(seed)}'
             for k, v in values.items():
@@ -150,8 +156,9 @@ class Logger:
         total = max(self.total_steps, 1)
         pct = 100.0 * min(step / total, 1.0)
         elapsed = now - self._start_time
-        parts = [f'[{pct:3.0f}%] {step:,}/{self.total_steps:,} env steps']
-        parts.append(f'{steps_rate:,.0f} steps/s' if steps_rate is not None else '- steps/s')
+        parts = [f'[{pct:3.0f}%] {step:,}/{self.total_steps:,} {self.unit}']
+        if self.unit == 'env steps':  # otherwise steps are updates, the next rate
+            parts.append(f'{steps_rate:,.0f} steps/s' if steps_rate is not None else '- steps/s')
         parts.append(f'{updates_rate:.1f} updates/s' if updates_rate is not None else '- updates/s')
         if self._returns:
             mean = sum(self._returns) / len(self._returns)

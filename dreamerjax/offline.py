@@ -69,7 +69,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   restored = checkpointer.restore_latest({'agent': state})
   if restored is not None:
     state, counters = restored[1]['agent'], restored[2]['counters']
-  logger = Logger(workdir, run_config.steps, enabled=parallel.is_main_process())
+  logger = Logger(workdir, run_config.steps, enabled=parallel.is_main_process(), unit='updates',
+                  return_key='eval/episode/return')
   save = lambda: checkpointer.save(  # noqa: E731
       counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
   start, last_save, metrics = time.monotonic(), time.monotonic(), None

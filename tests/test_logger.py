@@ -146,8 +146,15 @@ def test_progress_line_format_and_eta(tmp_path, capsys):
     line = log2.progress(10, 0, force=True)
     assert re.match(r'^\[100%\] 10/10 env steps \| - steps/s \| - updates/s \| '
                     r'return - \(0 ep\) \| \d+:\d\d:\d\d elapsed, ETA 0:00:00$', line)
+    # Offline runs count updates and average the evaluation returns.
+    log3 = Logger(str(tmp_path / 'c'), total_steps=100, tensorboard=False, unit='updates',
+                  return_key='eval/episode/return')
+    log3.write(50, {'eval/episode/return': 300.0, 'episode/return': 1.0})
+    line = log3.progress(50, 50, force=True)
+    assert re.match(r'^\[ 50%\] 50/100 updates \| - updates/s \| return 300.0 \(1 ep\) \| ', line)
     log.close()
     log2.close()
+    log3.close()
 
 
 def test_disabled_is_noop(tmp_path, capsys):
