@@ -9,7 +9,7 @@ and the reward from
 * open-loop latents: the prior features of step t predicted k steps ahead from the posterior at
   t - k on the recorded actions (k = 1, 5, 15 by default).
 
-Scores are R^2 on held-out steps (the last quarter of every env's stream), per quantity (pooled
+Scores are R^2 on held-out steps (the streams of a quarter of the envs), per quantity (pooled
 over its dimensions) and horizon; `run` writes `probes.md`, `probes.json` and `probes.png`.
 """
 
@@ -166,10 +166,13 @@ def collect(agent, state, config, steps: int, num_envs: int, seed: int) -> dict:
 def probe_table(features: dict, data: dict, key: jax.Array, steps: int = 2000,
                 test_fraction: float = 0.25) -> dict[str, dict[int, float]]:
   """R^2 `{quantity: {horizon: score}}` of probes on `features` (from `latent_features`) for
-  every `truth/<name>` of `data` and the reward. Steps in the last `test_fraction` of each env's
-  stream are held out."""
-  length = data['is_first'].shape[1]
-  split = int(length * (1.0 - test_fraction))
+  every `truth/<name>` of `data` and the reward. The whole streams of the last `test_fraction` of
+  the envs are held out (at least one env): neighbouring steps are nearly equal, and the end of a
+  stream can sit in one corner of the state space (a fallen walker), so holding out the tail of
+  every stream would measure the probe on an unrepresentative, low-variance slice. With a single
+  env, its last `test_fraction` of steps is held out instead."""
+  envs, length = data['is_first'].shape
+  held_envs = max(1, round(envs * test_fraction))
   names = sorted(k[len('truth/'):] for k in data if k.startswith('truth/'))
   targets = {name: data[f'truth/{name}'] for name in names}
   targets['reward'] = data['reward'][..., None]
@@ -178,7 +181,8 @@ def probe_table(features: dict, data: dict, key: jax.Array, steps: int = 2000,
   table: dict[str, dict[int, float]] = {name: {} for name in columns}
   for horizon, (feats, index) in sorted(features.items()):
     y = np.concatenate([targets[name][index[:, 0], index[:, 1]] for name in columns], -1)
-    train_mask = index[:, 1] < split
+    train_mask = (index[:, 0] < envs - held_envs if envs > held_envs
+                  else index[:, 1] < int(length * (1.0 - test_fraction)))
     prediction = fit_probe(feats[train_mask], y[train_mask], feats[~train_mask],
                            jax.random.fold_in(key, horizon), steps=steps)
     bounds = np.cumsum([0, *sizes])
@@ -234,6 +238,10 @@ def run(workdir: str, out_dir: str | None = None, steps: int = 1000, num_envs: i
   from dreamerjax import train
 
   config, agent, _ = train.load_run(workdir)
+  if config.variant == 'worldmodels' or config.run.mode == 'offline':
+    raise ValueError(
+        f'{workdir} is a {config.variant} run ({config.run.mode}); state probes read checkpoints '
+        'of the online loop (agent state and replay) only: probe an online run of the same task')
   step, state, _, _ = train.restore(workdir)
   if config.num_seeds > 1:  # probe the first of the vmapped seeds
     state = jax.tree.map(lambda x: x[0], state)
