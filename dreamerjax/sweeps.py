@@ -276,7 +276,8 @@ def _start(run: Run, cwd: str) -> tuple[subprocess.Popen, object]:
 def launch(runs: list[Run], workers: int = 1, steps: int | None = None,
            cwd: str | None = None, poll_seconds: float = 1.0, echo=print) -> list[Failure]:
     """Runs every unfinished run of ``runs`` with at most ``workers`` at a time, each logging to
-    ``<workdir>/train.log``; returns the failures (non-zero exit, or exit before the budget).
+    ``<workdir>/train.log``; returns the failures (non-zero exit, or exit before the budget) in
+    the order of ``runs``, whichever finished first.
 
     On KeyboardInterrupt the running trainers get SIGTERM (they checkpoint and stop), are waited
     for, and the interrupt is raised again.
@@ -319,7 +320,7 @@ def launch(runs: list[Run], workers: int = 1, steps: int | None = None,
             process.wait()
             log.close()
         raise
-    return failures
+    return sorted(failures, key=lambda failure: failure.run.index)
 
 
 def _is_cloud_tpu_cluster(cluster) -> bool:
