@@ -15,6 +15,9 @@ import numpy as np
 
 from dreamerjax.types import Batch
 
+# Sequences shown side by side in an open-loop video.
+VIDEO_SEQUENCES = 4
+
 
 def rollout_actions(dynamics, params, carry: dict, actions: jax.Array, key: jax.Array):
   """Rolls the prior on a given action sequence `[B, H, A]` from `carry`.
@@ -67,7 +70,7 @@ def open_loop(world_model, params, batch: Batch, context: int, key: jax.Array) -
   return {'truth': truth, 'prediction': prediction, 'error': error}
 
 
-def video_frames(result: dict, max_sequences: int = 4) -> np.ndarray:
+def video_frames(result: dict, max_sequences: int = VIDEO_SEQUENCES) -> np.ndarray:
   """uint8 frames `[H, rows*h, 3*w, 3]`: truth | prediction | error per sequence (image obs), or
   a line-plot panel per step for vector obs."""
   if 'image' in result['truth']:

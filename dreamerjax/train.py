@@ -179,8 +179,11 @@ def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDi
   def predict(state, replay_state):
     sample_key, key = jax.random.split(jax.random.fold_in(state.rng, 1))
     batch = replay.sample(replay_state, sample_key, batch_size, length)
-    return openloop.open_loop(agent.world_model, state.params['world_model'], batch,
-                              min(OPENLOOP_CONTEXT, length - 1), key)
+    result = openloop.open_loop(agent.world_model, state.params['world_model'], batch,
+                                min(OPENLOOP_CONTEXT, length - 1), key)
+    # The errors cover the whole batch; only the video's sequences need to reach the host.
+    shown = lambda tree: jax.tree.map(lambda x: x[:openloop.VIDEO_SEQUENCES], tree)  # noqa: E731
+    return {**result, 'truth': shown(result['truth']), 'prediction': shown(result['prediction'])}
 
   def acting(mode):
     def policy(state, carry, obs, key, step):
