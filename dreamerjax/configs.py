@@ -31,19 +31,20 @@ SIZES = {
 }
 SIZE_DEFAULTS = dict(stoch=32, blocks=8)
 # Transformer dynamics (`model.dynamics=transformer`) per size: width, blocks, heads, and the
-# attention window in steps. Widths give about the RSSM's dynamics parameter count (see
+# attention window in steps (at most half the default batch_length of 64: see `validate`). Widths
+# give about the RSSM's dynamics parameter count (see
 # `make bench`, benchmarks/dynamics.json).
 TRANSFORMER_SIZES = {
     'debug': dict(width=32, layers=1, heads=2, context=8),
-    'tiny': dict(width=64, layers=2, heads=4, context=16),
-    'small': dict(width=128, layers=2, heads=4, context=32),
-    '1m': dict(width=128, layers=2, heads=4, context=64),
-    '12m': dict(width=256, layers=4, heads=8, context=64),
-    '25m': dict(width=384, layers=4, heads=8, context=64),
-    '50m': dict(width=512, layers=4, heads=8, context=64),
-    '100m': dict(width=768, layers=6, heads=12, context=64),
-    '200m': dict(width=1024, layers=6, heads=16, context=64),
-    '400m': dict(width=1536, layers=8, heads=16, context=64),
+    'tiny': dict(width=64, layers=2, heads=4, context=8),
+    'small': dict(width=128, layers=2, heads=4, context=16),
+    '1m': dict(width=128, layers=2, heads=4, context=32),
+    '12m': dict(width=256, layers=4, heads=8, context=32),
+    '25m': dict(width=384, layers=4, heads=8, context=32),
+    '50m': dict(width=512, layers=4, heads=8, context=32),
+    '100m': dict(width=768, layers=6, heads=12, context=32),
+    '200m': dict(width=1024, layers=6, heads=16, context=32),
+    '400m': dict(width=1536, layers=8, heads=16, context=32),
 }
 
 # Each variant is a recipe over the same parts. Paper values; see README for sources.
@@ -432,6 +433,14 @@ def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
       problems.append(f'--config.model.width={model.width} must be divisible by '
                       f'--config.model.heads={model.heads} into an even head size (rotary '
                       'positions rotate pairs)')
+    if model.context >= 1 and run.batch_length < 2 * model.context:
+      # Every training sequence starts from a fresh state. With T <= C steps, every window the
+      # model attends over holds that start token, so it never learns the mid-episode windows
+      # it meets after C steps of a real episode (there the features drift out of distribution).
+      problems.append(f'--config.run.batch_length={run.batch_length} must be at least twice '
+                      f'--config.model.context={model.context} with Transformer dynamics, so '
+                      'that most training windows lie wholly inside an episode: raise '
+                      'batch_length or lower context')
   if agent.actor_objective not in ACTOR_OBJECTIVES:
     problems.append(f'--config.agent.actor_objective must be one of {ACTOR_OBJECTIVES} '
                     f'(got {agent.actor_objective!r})')

@@ -1,6 +1,7 @@
 """State probes (PlaNet's open-loop state diagnostic): what do a world model's latents know?
 
-A trained world model is frozen. Episodes are collected with the run's own policy together with
+A trained world model (of any variant: Dreamer-family agents trained online or offline, PlaNet,
+World Models) is frozen. Episodes are collected with the run's own policy together with
 the simulator's ground truth (`VectorEnv.truth`: DMC positions/velocities, Atari RAM, the
 classic-control state vector). Small MLP probes are trained (JAX, Adam) to predict each quantity
 and the reward from
@@ -45,7 +46,9 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, key:
   parameters with the lowest validation error, checked every `every` steps, are kept), so that a
   probe on features without information predicts about the mean (R^2 near 0, not below).
   """
-  x_mean, x_std = train_x.mean(0), train_x.std(0) + 1e-6
+  # Inputs are latent features (order 1). The floor keeps a dimension that is (nearly) constant
+  # in training, e.g. a category never chosen there, from blowing up its held-out values.
+  x_mean, x_std = train_x.mean(0), np.maximum(train_x.std(0), 1e-2)
   y_mean, y_std = train_y.mean(0), train_y.std(0) + 1e-6
   inputs = jnp.asarray((train_x - x_mean) / x_std, jnp.float32)
   targets = jnp.asarray((train_y - y_mean) / y_std, jnp.float32)
@@ -136,28 +139,60 @@ def latent_features(world_model, params, data: dict, horizons: tuple[int, ...], 
 # ----------------------------------------------------------------------------- collection
 
 
-def collect(agent, state, config, steps: int, num_envs: int, seed: int) -> dict:
+def collect(act, initial_carry, env_action, config, steps: int, num_envs: int,
+            seed: int) -> dict:
   """Streams `[N, T, ...]` of obs, action, reward, is_first and the ground truth (`truth/<name>`)
-  from `num_envs` envs acting with the agent's policy (training mode: with its exploration)."""
+  from `num_envs` envs acting with `act(carry, obs, key) -> (carry, model action)` (the run's own
+  policy); `env_action` maps model actions to the env's."""
   from dreamerjax import train
 
   env = train.make_env(config, num_envs, seed)
-  policy = jax.jit(agent.policy_step, static_argnames='mode')
   try:
     obs = env.reset()
-    carry = agent.initial_policy_carry(num_envs)
+    carry = initial_carry(num_envs)
     action = np.zeros((num_envs, env.act_space.num_actions), np.float32)
     rows = []
     for step in range(steps):
       truth = {f'truth/{k}': v for k, v in env.truth.items()}
       rows.append({**obs, **truth, 'action': action * ~obs['is_first'][:, None]})
       model_obs = {k: obs[k] for k in (*env.obs_space, 'is_first')}
-      carry, action = policy(state, carry, model_obs, jax.random.key(seed * 100_003 + step))
+      carry, action = act(carry, model_obs, jax.random.key(seed * 100_003 + step))
       action = np.asarray(action)
-      obs = env.step(agent.env_action(action))
+      obs = env.step(env_action(action))
   finally:
     env.close()
   return {key: np.stack([row[key] for row in rows], 1) for key in rows[0]}
+
+
+def restore_subject(workdir: str) -> dict:
+  """What probes need from any run (online or offline Dreamer-family agents, PlaNet, World
+  Models): `world_model`, its `params`, the run's policy as `act`/`initial_carry`/`env_action`
+  (see `collect`), the checkpoint `step`, the `config` and a `title`."""
+  from dreamerjax import train
+
+  config, agent, _ = train.load_run(workdir)
+  if config.variant == 'worldmodels':
+    from dreamerjax import worldmodels
+
+    step, model, params, controller = worldmodels.restore(
+        workdir, config, agent.obs_space, agent.discrete, agent.action_size)
+    policy = worldmodels.controller_policy(config, model, agent.discrete, controller)
+    return dict(world_model=model, params=params, step=step, config=config,
+                act=worldmodels.acting(model, params, policy),
+                initial_carry=lambda count: worldmodels.initial_carry(model, count),
+                env_action=agent.env_action,
+                title=f'worldmodels on {config.task}, {config.agent.policy} '
+                      f'controller, checkpoint at update {step}')
+  step, state, _, _ = train.restore(workdir)
+  if config.num_seeds > 1:  # probe the first of the vmapped seeds
+    state = jax.tree.map(lambda x: x[0], state)
+  policy = jax.jit(agent.policy_step)
+  unit = 'update' if config.run.mode == 'offline' else 'env step'
+  return dict(world_model=agent.world_model, params=state.params['world_model'], step=step,
+              config=config, act=lambda carry, obs, key: policy(state, carry, obs, key),
+              initial_carry=agent.initial_policy_carry, env_action=agent.env_action,
+              title=f'{config.variant} ({config.run.mode}) on {config.task}, checkpoint at '
+                    f'{unit} {step}')
 
 
 # ----------------------------------------------------------------------------- report
@@ -234,22 +269,14 @@ def write_report(table: dict[str, dict[int, float]], out_dir: str, title: str) -
 
 def run(workdir: str, out_dir: str | None = None, steps: int = 1000, num_envs: int = 4,
         horizons: tuple[int, ...] = (1, 5, 15), probe_steps: int = 2000, seed: int = 12345) -> dict:
-  """Probes the newest checkpoint of the run in `workdir`; returns the table and output paths."""
-  from dreamerjax import train
-
-  config, agent, _ = train.load_run(workdir)
-  if config.variant == 'worldmodels' or config.run.mode == 'offline':
-    raise ValueError(
-        f'{workdir} is a {config.variant} run ({config.run.mode}); state probes read checkpoints '
-        'of the online loop (agent state and replay) only: probe an online run of the same task')
-  step, state, _, _ = train.restore(workdir)
-  if config.num_seeds > 1:  # probe the first of the vmapped seeds
-    state = jax.tree.map(lambda x: x[0], state)
-  data = collect(agent, state, config, steps, num_envs, seed)
+  """Probes the newest checkpoint of the run in `workdir` (any variant, online or offline);
+  returns the table and output paths."""
+  subject = restore_subject(workdir)
+  data = collect(subject['act'], subject['initial_carry'], subject['env_action'],
+                 subject['config'], steps, num_envs, seed)
   key = jax.random.key(seed)
-  features = latent_features(agent.world_model, state.params['world_model'], data,
+  features = latent_features(subject['world_model'], subject['params'], data,
                              (FILTERED, *horizons), key)
   table = probe_table(features, data, jax.random.fold_in(key, 1), probe_steps)
-  title = f'{config.variant} on {config.task}, checkpoint at env step {step}'
-  paths = write_report(table, out_dir or os.path.join(workdir, 'probes'), title)
-  return {'table': table, 'paths': paths, 'step': step}
+  paths = write_report(table, out_dir or os.path.join(workdir, 'probes'), subject['title'])
+  return {'table': table, 'paths': paths, 'step': subject['step']}

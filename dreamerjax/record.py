@@ -72,6 +72,9 @@ def replay_of_run(workdir: str, out: str, chunk_steps: int = 1000) -> dict:
   """Everything the replay of the run in `workdir` holds (seed 0 of a several-seed run)."""
   config, agent, _ = train.load_run(workdir)
   env_step, _, replay_state, _ = train.restore(workdir)
+  if replay_state is None:
+    raise ValueError(f'{workdir} is an offline run: it keeps no replay (its data is the dataset '
+                     f'{config.run.dataset}); record from its checkpoint with --source=checkpoint')
   if config.num_seeds > 1:
     replay_state = jax.tree.map(lambda x: x[0], replay_state)
   steps = dataset.replay_steps(replay_state)

@@ -264,16 +264,19 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
 
 
 def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
-  """The newest checkpoint of the run in `workdir`: `(env step, TrainState, ReplayState, meta)`,
-  sharded as the run had them (every process calls it with several processes)."""
+  """The newest checkpoint of the run in `workdir`: `(step, TrainState, ReplayState, meta)`,
+  sharded as the run had them (every process calls it with several processes). The step counts
+  env steps; for offline runs it counts updates and the replay is None (they do not save it:
+  it is the dataset)."""
   config, agent, spec = load_run(workdir)
   mesh = parallel.make_mesh(config.parallel.devices)
   layout = parallel.Layout(mesh, config.num_seeds)
   programs, make_state, make_replay = build(agent, layout, config, spec)
   with_sharding = lambda tree, shardings: jax.tree.map(  # noqa: E731
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-  abstract = {'agent': with_sharding(jax.eval_shape(make_state), programs.state_sharding),
-              'replay': with_sharding(jax.eval_shape(make_replay), programs.replay_sharding)}
+  abstract = {'agent': with_sharding(jax.eval_shape(make_state), programs.state_sharding)}
+  if config.run.mode != 'offline':
+    abstract['replay'] = with_sharding(jax.eval_shape(make_replay), programs.replay_sharding)
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
   try:
     restored = checkpointer.restore_latest(abstract)
@@ -282,7 +285,7 @@ def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
   if restored is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
   step, tree, meta = restored
-  return step, tree['agent'], tree['replay'], meta
+  return step, tree['agent'], tree.get('replay'), meta
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -20,6 +20,7 @@ env. Metrics go to `metrics.jsonl` with `step` counting updates over all stages.
 from __future__ import annotations
 
 import dataclasses
+import os
 import functools
 import time
 
@@ -306,13 +307,68 @@ def _fit(loss_fn, params, replay_state, steps: int, batch_size: int, length: int
   return params
 
 
-def evaluate(make_env, act, initial_carry, episodes: int, seed: int,
+def acting(model: WorldModelsModel, params, policy):
+  """`act(carry, obs, key) -> (carry, action)`: filters the observation with the MDN-RNN (the
+  posterior mean of z) and acts with `policy(features, key)`; jitted."""
+  @jax.jit
+  def act(carry, obs, key):
+    latent, _, _ = model.dynamics.obs_step(params['dynamics'], carry['latent'], carry['action'],
+                                           model.encode(params, obs), obs['is_first'], key,
+                                           mode=True)
+    action = policy(model.dynamics.features(latent), key)
+    return {'latent': latent, 'action': action}, action
+  return act
+
+
+def initial_carry(model: WorldModelsModel, count: int) -> dict:
+  return {'latent': model.dynamics.initial(count),
+          'action': jnp.zeros((count, model.action_size), jnp.float32)}
+
+
+def controller_policy(config: ml_collections.ConfigDict, model: WorldModelsModel, discrete: bool,
+                      controller: dict):
+  """`policy(features, key) -> action` of a trained controller (as `run` saves it)."""
+  if config.agent.policy == 'actor_critic':
+    from dreamerjax.behavior import ActorCritic
+    behavior = ActorCritic(model, discrete, model.action_size, config.agent, config.model)
+    return lambda features, _: behavior.action_dist(controller['actor'], features).mode()
+  return lambda features, _: controller_action(controller['theta'], features, discrete)
+
+
+def restore(workdir: str, config: ml_collections.ConfigDict, obs_space: dict, discrete: bool,
+            action_size: int) -> tuple[int, WorldModelsModel, dict, dict]:
+  """The newest checkpoint of a World Models run: `(step, model, params, controller)`."""
+  from dreamerjax.checkpoint import Checkpointer
+
+  model = WorldModelsModel(obs_space, action_size, config)
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  feature_size, key = model.dynamics.feature_size, jax.random.key(0)
+  if config.agent.policy == 'actor_critic':
+    from dreamerjax.behavior import ActorCritic
+    actor, critic = jax.eval_shape(
+        ActorCritic(model, discrete, action_size, config.agent, config.model).init, key)
+    controller = {'actor': actor, 'critic': critic}
+  else:
+    controller = {'theta': jax.ShapeDtypeStruct((controller_size(feature_size, action_size),),
+                                                jnp.float32)}
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'))
+  try:
+    restored = checkpointer.restore_latest({'world_model': params, 'controller': controller})
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints')
+  step, tree, _ = restored
+  return step, model, tree['world_model'], tree['controller']
+
+
+def evaluate(make_env, act, make_carry, episodes: int, seed: int,
              max_steps: int = 100_000) -> np.ndarray:
   """Returns of the first episode of each of `episodes` envs under `act(carry, obs, key)`."""
   env = make_env(episodes, seed)
   try:
     obs = env.reset()
-    carry, returns = initial_carry(episodes), {}
+    carry, returns = make_carry(episodes), {}
     for step in range(max_steps):
       carry, action = act(carry, {k: obs[k] for k in (*env.obs_space, 'is_first')},
                           jax.random.key(step))
@@ -375,38 +431,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch['action'], batch['is_first'].at[:, 0].set(True), observe_key)
     return batch, features
 
-  def step_policy(policy):
-    @jax.jit
-    def act(carry, obs, key):
-      latent, _, _ = model.dynamics.obs_step(params['dynamics'], carry['latent'], carry['action'],
-                                             model.encode(params, obs), obs['is_first'], key,
-                                             mode=True)
-      action = policy(model.dynamics.features(latent), key)
-      return {'latent': latent, 'action': action}, action
-    return act
-
-  def initial_carry(count):
-    return {'latent': model.dynamics.initial(count),
-            'action': jnp.zeros((count, action_size), jnp.float32)}
-
   def evaluate_policy(policy, seed):
-    returns = evaluate(make_env, step_policy(policy), initial_carry, w.eval_episodes, seed)
+    returns = evaluate(make_env, acting(model, params, policy),
+                       lambda count: initial_carry(model, count), w.eval_episodes, seed)
     return float(np.nanmean(returns)), float(np.nanstd(returns))
 
   if config.agent.policy == 'actor_critic':
     controller = _train_actor_critic(config, model, params, replayed, discrete, action_size,
                                      ctrl_key, log, evaluate_policy)
-    policy = controller['policy']
-    controller_params = controller['params']
   else:
-    theta = _train_cmaes(config, model, params, replayed, discrete, action_size, ctrl_key, log,
-                         evaluate_policy)
-    policy = lambda features, _: controller_action(theta, features, discrete)  # noqa: E731
-    controller_params = {'theta': theta}
+    controller = {'theta': _train_cmaes(config, model, params, replayed, discrete, action_size,
+                                        ctrl_key, log, evaluate_policy)}
+  policy = controller_policy(config, model, discrete, controller)
   mean_return, std_return = evaluate_policy(policy, config.seed + 10_000)
   log({'eval/episode/return': mean_return, 'eval/episode/return_std': std_return}, 0)
   checkpointer = Checkpointer(f'{workdir}/checkpoints')
-  checkpointer.save(counter['step'], {'world_model': params, 'controller': controller_params},
+  checkpointer.save(counter['step'], {'world_model': params, 'controller': controller},
                     {'config': config.to_dict(), 'env_steps': env_steps})
   checkpointer.close()
   logger.close()
@@ -469,6 +509,4 @@ def _train_actor_critic(config, model, params, replayed, discrete, action_size, 
     state, metrics = update(state, jax.random.fold_in(key, index))
     if (index + 1) % every == 0 or index + 1 == steps:  # short runs log their last update too
       log(jax.device_get(metrics), index % every + 1)
-  actor = state.params['actor']
-  return {'params': {'actor': actor, 'critic': state.params['critic']},
-          'policy': lambda features, _: agent.behavior.action_dist(actor, features).mode()}
+  return {'actor': state.params['actor'], 'critic': state.params['critic']}

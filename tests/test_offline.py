@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dreamerjax import configs, dataset, envs, logger, offline, record, replay, train
+from tests.test_planet import check_probes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 2
@@ -114,6 +115,8 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
   rows = logger.read_metrics(workdir)
   assert any('ac/bc_loss' in row for row in rows)
   assert [row['eval/episode/return'] for row in rows if 'eval/episode/return' in row]
+  monkeypatch.setattr(envs.VectorEnv, 'step', real_step)
+  check_probes(tmp_path / 'run')  # probes work on offline runs (checkpoint without replay)
   # A dataset recorded on another task is refused before anything is built.
   config.task = 'Acrobot-v1'
   with pytest.raises(ValueError, match='--config.task=CartPole-v1'):

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dreamerjax import configs, logger, openloop, planner
+from dreamerjax import configs, logger, openloop, planner, probes
 from tests.test_train import train_script
 from tests.toy_models import ToyDynamics, ToyWorldModel, toy_batch
 
@@ -102,6 +102,16 @@ def test_planet_trains_on_cartpole_end_to_end(tmp_path):
   assert any('wm/loss' in row for row in rows) and not any('ac/actor_loss' in row for row in rows)
   assert any('eval/episode/return' in row for row in rows)
   assert json.loads((workdir / 'config.json').read_text())['agent']['policy'] == 'cem'
+  check_probes(workdir)
+
+
+def check_probes(workdir):
+  """State probes run on the trained run (its own policy collects) and report every quantity."""
+  result = probes.run(str(workdir), steps=30, num_envs=2, horizons=(1,), probe_steps=100)
+  assert set(result['table']) == {'state', 'reward'}
+  for scores in result['table'].values():
+    assert set(scores) == {probes.FILTERED, 1} and all(np.isfinite(list(scores.values())))
+  assert (workdir / 'probes' / 'probes.png').stat().st_size > 1000
 
 
 @pytest.mark.parametrize('policy', ['cmaes', 'actor_critic'])
@@ -115,3 +125,4 @@ def test_worldmodels_trains_on_cartpole_end_to_end(tmp_path, policy):
   assert any(('cmaes/fitness_mean' if policy == 'cmaes' else 'ac/actor_loss') in row
              for row in rows)
   assert (workdir / 'checkpoints').is_dir()
+  check_probes(workdir)

@@ -77,6 +77,8 @@ def _variant(name):
     (dict(model=dict(width=30)), 'into an even head size'),
     (dict(agent=dict(actor_objective='ppo')), 'actor_objective must be one of'),
     (dict(run=dict(mode='offline')), 'needs --config.run.dataset'),
+    # Windows of T <= C steps all hold the sequence start: long episodes would be out of reach.
+    (dict(model=dict(context=40)), 'batch_length=64 must be at least twice'),
 ])
 def test_bad_transformer_config(change, message):
   config = _variant('storm')
