@@ -65,13 +65,43 @@ def _compile_and_time(step, state, data, repeats: int):
   return compiled, compile_s, (time.perf_counter() - start) / repeats
 
 
-def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
-                      repeats: int = 3, variant: str = 'dreamerv3') -> dict:
-  """Compile time, seconds per step, XLA FLOPs and achieved FLOP/s of one `train_step`."""
+def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
+                model: dict | None = None) -> Agent:
+  """The agent of a benchmark: preset `size`, `variant`, `model` keys overriding the preset."""
   config = configs.base()
   config.size, config.variant = size, variant
   config = configs.resolve(config)
-  agent = Agent(config, OBS_SPACES[obs], True, actions)
+  configs.update(config, {'model': model or {}})
+  return Agent(config, OBS_SPACES[obs], True, actions)
+
+
+def dynamics_params(agent: Agent) -> int:
+  return nets.count_params(jax.eval_shape(agent.world_model.init, jax.random.key(0))['dynamics'])
+
+
+def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> dict:
+  """Transformer `model` keys (`width`, a multiple of 2 x heads) whose dynamics parameter count is
+  closest to the RSSM's at preset `size`: the equal-count comparison of RSSM and Transformer."""
+  target = dynamics_params(bench_agent(size, obs, actions))
+  heads = configs.TRANSFORMER_SIZES[size]['heads']
+  count = lambda width: dynamics_params(bench_agent(  # noqa: E731
+      size, obs, actions, 'storm', {'width': width}))
+  low, high = 1, 4096 // (2 * heads)  # count grows with the width: bisect on width / (2 heads)
+  while low < high:
+    middle = (low + high) // 2
+    if count(2 * heads * middle) < target:
+      low = middle + 1
+    else:
+      high = middle
+  widths = [2 * heads * k for k in (max(1, low - 1), low)]
+  return {'width': min(widths, key=lambda width: abs(count(width) - target))}
+
+
+def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
+                      repeats: int = 3, variant: str = 'dreamerv3',
+                      model: dict | None = None) -> dict:
+  """Compile time, seconds per step, XLA FLOPs and achieved FLOP/s of one `train_step`."""
+  agent = bench_agent(size, obs, actions, variant, model)
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
   params = agent.param_counts(state)
@@ -237,15 +267,13 @@ def seeds_record(config_values: dict, seeds: int) -> dict:
 # ------------------------------------------------------------------------------- dynamics
 
 def dynamics_record(size: str, variant: str, length: int, batch: int = 16, horizon: int = 15,
-                    repeats: int = 3) -> dict:
+                    repeats: int = 3, model: dict | None = None) -> dict:
   """`train_step_record` (vector obs) for one dynamics model, with the dynamics' own parameter
   count and imagination steps/s: `dynamics.imagine` of `horizon` steps from `batch * length`
   start states (for the Transformer, with their `context`-step key/value caches)."""
   record = train_step_record(size, 'vector', batch=batch, length=length, repeats=repeats,
-                             variant=variant)
-  config = configs.base()
-  config.size, config.variant = size, variant
-  agent = Agent(configs.resolve(config), OBS_SPACES['vector'], True, 17)
+                             variant=variant, model=model)
+  agent = bench_agent(size, 'vector', 17, variant, model)
   world_model = agent.world_model
   dynamics = world_model.dynamics
   params = jax.jit(world_model.init)(jax.random.key(0))
@@ -265,7 +293,7 @@ def dynamics_record(size: str, variant: str, length: int, batch: int = 16, horiz
   for index in range(repeats):
     jax.block_until_ready(imagine(params['dynamics'], carry, jax.random.key(index)))
   seconds = (time.perf_counter() - start) / repeats
-  return {**record, 'dynamics': agent.config.model.dynamics,
+  return {**record, 'dynamics': agent.config.model.dynamics, 'model': model or {},
           'dynamics_params': nets.count_params(params['dynamics']),
           'imagine_starts': batch * length, 'horizon': horizon,
           'imagine_steps_per_s': round(batch * length * horizon / seconds, 1)}

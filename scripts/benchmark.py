@@ -96,11 +96,14 @@ def main(argv):
 
 
   if 'dynamics' in _ONLY.value:
-    # Train step of RSSM (dreamerv3) vs Transformer (storm) dynamics, and imagination steps/s.
+    # Train step of RSSM (dreamerv3) vs Transformer (storm) dynamics at an equal dynamics
+    # parameter count (the Transformer's width matched to the RSSM), and imagination steps/s.
     records = []
+    matched = benchmark.matched_transformer(_DYNAMICS_SIZE.value)
+    logging.info('Transformer keys matching the RSSM parameter count: %s', matched)
     for length in (int(t) for t in _DYNAMICS_LENGTHS.value):
-      for variant in ('dreamerv3', 'storm'):
-        record = benchmark.dynamics_record(_DYNAMICS_SIZE.value, variant, length)
+      for variant, model in (('dreamerv3', None), ('storm', matched)):
+        record = benchmark.dynamics_record(_DYNAMICS_SIZE.value, variant, length, model=model)
         logging.info('%s', record)
         records.append(record)
         _write('dynamics', records)

@@ -164,3 +164,13 @@ def test_train_step_runs_and_compiles_once(obs_kind, discrete):
     obs['is_first'] = jnp.zeros(2, bool)
     assert action.shape == (2, A)
   assert int(carry['latent']['position'][0]) == 2
+
+
+def test_benchmark_matches_transformer_and_rssm_parameter_counts():
+  from dreamerjax import benchmark
+  model = benchmark.matched_transformer('debug')
+  rssm = benchmark.dynamics_params(benchmark.bench_agent('debug', 'vector'))
+  transformer = benchmark.dynamics_params(benchmark.bench_agent('debug', 'vector', 17, 'storm',
+                                                                model))
+  assert abs(transformer - rssm) / rssm < 0.05, (model, transformer, rssm)
+  assert model['width'] % (2 * configs.TRANSFORMER_SIZES['debug']['heads']) == 0
