@@ -73,7 +73,9 @@ def _draw(axes, centers, curves, band, color, label):
     shown = ~np.isnan(mean)
     if not shown.any():
         return
-    axes.plot(centers[shown], mean[shown], color=color, label=label, linewidth=1.5)
+    # Markers where points are few (sparse evaluations), so that a single point still shows.
+    axes.plot(centers[shown], mean[shown], color=color, label=label, linewidth=1.5,
+              marker='o' if shown.sum() <= 20 else None, markersize=3)
     axes.fill_between(centers[shown], low[shown], high[shown], color=color, alpha=0.2,
                       linewidth=0)
 
