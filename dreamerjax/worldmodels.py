@@ -20,8 +20,8 @@ env. Metrics go to `metrics.jsonl` with `step` counting updates over all stages.
 from __future__ import annotations
 
 import dataclasses
-import os
 import functools
+import os
 import time
 
 import flax.linen as nn

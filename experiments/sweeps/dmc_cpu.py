@@ -16,6 +16,6 @@ def get_sweep():
         'suite': 'experiments/dmc_proprio.py',
         'base': {'size': 'tiny'},
         'grid': {'task': ['CartpoleBalance-v1', 'ReacherEasy-v1'], 'seed': [0]},
-        'overrides': {'run.train_ratio': 64.0, 'run.batch_length': 32, 'run.steps': 100_000, 'run.eval_every': 5_000,
-                      'run.log_every': 1_000, 'run.prefill': 2_500},
+        'overrides': {'run.train_ratio': 64.0, 'run.batch_length': 32, 'run.steps': 100_000,
+                      'run.eval_every': 5_000, 'run.log_every': 1_000, 'run.prefill': 2_500},
     }
