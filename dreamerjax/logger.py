@@ -29,6 +29,15 @@ import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
 RETURN_KEY = 'episode/return'
+EVAL_RETURN_KEY = 'eval/episode/return'
+
+
+def eval_metrics(returns: Any) -> dict[str, float]:
+  """The metrics row of an evaluation: mean and std of the episode `returns` (NaN entries, for
+  episodes that did not end, are left out)."""
+  returns = np.asarray(returns, np.float64)
+  return {EVAL_RETURN_KEY: float(np.nanmean(returns)),
+          f'{EVAL_RETURN_KEY}_std': float(np.nanstd(returns))}
 
 
 def _to_float(key: str, value: Any) -> float | None:

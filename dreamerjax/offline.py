@@ -14,13 +14,12 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
 from dreamerjax import configs, dataset, parallel, replay, train
 from dreamerjax.agent import Agent, check_finite
 from dreamerjax.checkpoint import Checkpointer
-from dreamerjax.logger import Logger, plot_curve
+from dreamerjax.logger import EVAL_RETURN_KEY, Logger, eval_metrics, plot_curve
 
 
 def add_many(replay_state: replay.ReplayState, steps: dict) -> replay.ReplayState:
@@ -70,7 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state, counters = restored[1]['agent'], restored[2]['counters']
   logger = Logger(workdir, run_config.steps, enabled=parallel.is_main_process(), unit='updates',
-                  return_key='eval/episode/return')
+                  return_key=EVAL_RETURN_KEY)
   save = lambda: checkpointer.save(  # noqa: E731
       counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
   start, last_save, metrics = time.monotonic(), time.monotonic(), None
@@ -88,8 +87,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
         returns = train.evaluate(agent, programs, state, config, layout,
                                  run_config.eval_episodes, config.seed + 10_000 + step)
-        logger.write(step, {'eval/episode/return': float(np.nanmean(returns)),
-                            'eval/episode/return_std': float(np.nanstd(returns))})
+        logger.write(step, eval_metrics(returns))
       logger.progress(step, step)
       if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
         save()
@@ -103,7 +101,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = dict(counters, dataset_steps=loaded * manifest['envs'], interrupted=interrupted,
                  seconds=time.monotonic() - start)
   if parallel.is_main_process():
-    summary['plot'] = plot_curve(workdir, key='eval/episode/return')
+    summary['plot'] = plot_curve(workdir, key=EVAL_RETURN_KEY)
   if interrupted:
     logging.warning('Stopped by %s at update %d; checkpoint saved. Run the same command to '
                     'resume.', interrupted, counters['updates'])

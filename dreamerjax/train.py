@@ -26,7 +26,7 @@ from dreamerjax import configs, envs, openloop, parallel, replay
 from dreamerjax.agent import Agent, check_finite
 from dreamerjax.checkpoint import Checkpointer
 from dreamerjax.envgroup import EnvGroup
-from dreamerjax.logger import Logger, plot_curve
+from dreamerjax.logger import Logger, eval_metrics, plot_curve
 
 # Keys that may change when a run is resumed: they extend or re-time the run, not change it.
 RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every',
@@ -431,9 +431,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         returns = evaluate(agent, programs, state, config, layout, run_config.eval_episodes,
                            config.seed + 10_000 + step)
         for seed, seed_returns in enumerate(returns if layout.stacked else [returns]):
-          logger.write(step, {'eval/episode/return': float(np.nanmean(seed_returns)),
-                              'eval/episode/return_std': float(np.nanstd(seed_returns))},
-                       seed=seed_field(seed))
+          logger.write(step, eval_metrics(seed_returns), seed=seed_field(seed))
         if not layout.stacked:  # what the model predicts from actions alone: metrics and video
           prediction = parallel.to_host(programs.predict(state, replay_state))
           logger.write(step, openloop.error_metrics(prediction))

@@ -33,6 +33,7 @@ import optax
 from absl import logging
 
 from dreamerjax import cmaes, heads, mdn, nets, ops, replay, vae
+from dreamerjax.logger import EVAL_RETURN_KEY, eval_metrics
 from dreamerjax.planner import sequence_return
 from dreamerjax.rssm import RSSM
 
@@ -434,7 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def evaluate_policy(policy, seed):
     returns = evaluate(make_env, acting(model, params, policy),
                        lambda count: initial_carry(model, count), w.eval_episodes, seed)
-    return float(np.nanmean(returns)), float(np.nanstd(returns))
+    return eval_metrics(returns)
 
   if config.agent.policy == 'actor_critic':
     controller = _train_actor_critic(config, model, params, replayed, discrete, action_size,
@@ -443,16 +444,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     controller = {'theta': _train_cmaes(config, model, params, replayed, discrete, action_size,
                                         ctrl_key, log, evaluate_policy)}
   policy = controller_policy(config, model, discrete, controller)
-  mean_return, std_return = evaluate_policy(policy, config.seed + 10_000)
-  log({'eval/episode/return': mean_return, 'eval/episode/return_std': std_return}, 0)
+  evaluation = evaluate_policy(policy, config.seed + 10_000)
+  log(evaluation, 0)
   checkpointer = Checkpointer(f'{workdir}/checkpoints')
   checkpointer.save(counter['step'], {'world_model': params, 'controller': controller},
                     {'config': config.to_dict(), 'env_steps': env_steps})
   checkpointer.close()
   logger.close()
-  plot_curve(workdir, 'eval/episode/return')
-  return {'env_step': env_steps, 'updates': counter['step'], 'eval_return': mean_return,
-          'eval_return_std': std_return, 'seconds': time.monotonic() - start_time}
+  plot_curve(workdir, EVAL_RETURN_KEY)
+  return {'env_step': env_steps, 'updates': counter['step'],
+          'eval_return': evaluation[EVAL_RETURN_KEY],
+          'eval_return_std': evaluation[f'{EVAL_RETURN_KEY}_std'],
+          'seconds': time.monotonic() - start_time}
 
 
 def _train_cmaes(config, model, params, replayed, discrete, action_size, key, log,
@@ -477,10 +480,10 @@ def _train_cmaes(config, model, params, replayed, discrete, action_size, key, lo
                'cmaes/fitness_best': float(jnp.max(fitness)), 'cmaes/sigma': float(state.sigma)}
     if (index + 1) % 10 == 0 or index + 1 == w.generations:
       theta = state.mean
-      metrics['eval/episode/return'], _ = evaluate_policy(
-          lambda f, _, theta=theta: controller_action(theta, f, discrete), config.seed + index)
+      metrics.update(evaluate_policy(
+          lambda f, _, theta=theta: controller_action(theta, f, discrete), config.seed + index))
       logging.info('CMA-ES generation %d: dream fitness %.1f, real return %.1f', index + 1,
-                   metrics['cmaes/fitness_mean'], metrics['eval/episode/return'])
+                   metrics['cmaes/fitness_mean'], metrics[EVAL_RETURN_KEY])
     log(metrics)
   return state.mean
 

@@ -220,3 +220,8 @@ def test_video_gif(tmp_path):
     gray = log.video(4, 'gray', np.zeros((3, 8, 8, 1), np.uint8))
     assert os.path.exists(gray)
     log.close()
+
+
+def test_eval_metrics_leave_out_unfinished_episodes():
+  row = logger_lib.eval_metrics([1.0, 3.0, float("nan")])
+  assert row == {'eval/episode/return': 2.0, 'eval/episode/return_std': 1.0}
