@@ -120,5 +120,9 @@ def percentile_range_update(low: jax.Array, high: jax.Array, returns: jax.Array,
 
 
 def straight_through(sample: jax.Array, probs: jax.Array) -> jax.Array:
-  """Forward value `sample`, gradient of `probs`: `sample + probs - stop_gradient(probs)`."""
-  return sample + probs - jax.lax.stop_gradient(probs)
+  """Forward value `sample`, gradient of `probs`: `sample + (probs - stop_gradient(probs))`.
+
+  The parentheses keep the forward value exact: `(1 + p) - p` rounds to 0.99999994 for some p,
+  which then reached the env, the replay and recorded datasets as a not-quite-one-hot action.
+  """
+  return sample + (probs - jax.lax.stop_gradient(probs))

@@ -40,9 +40,14 @@ def random_policy(config: ml_collections.ConfigDict, out: str, steps: int, envs:
 
 
 def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: int = 0,
-                      chunk_steps: int = 1000, mode: str = 'train') -> dict:
+                      chunk_steps: int = 1000, mode: str = 'train', epsilon: float = 0.0) -> dict:
   """The agent of the run in `workdir` (its newest checkpoint; seed 0 of a several-seed run),
-  acting with `agent.policy_step` (`mode`: 'train' samples actions, 'eval' takes the mode)."""
+  acting with `agent.policy_step` (`mode`: 'train' samples actions, 'eval' takes the mode). With
+  `epsilon > 0` each env takes a uniformly random action instead with that probability (the
+  recorded and remembered action is the one taken): data that also shows recoveries from the
+  agent's mistakes, and whose actions depend less on the previous ones."""
+  if not 0.0 <= epsilon <= 1.0:
+    raise ValueError(f'epsilon must be in [0, 1], got {epsilon}')
   config, agent, _ = train.load_run(workdir)
   env_step, state, _, _ = train.restore(workdir)
   if config.num_seeds > 1:
@@ -50,7 +55,7 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
   env = _env(config, envs, seed)
   policy = jax.jit(agent.policy_step, static_argnames='mode')
   status = {'carry': agent.initial_policy_carry(envs), 'step': 0}
-  key = jax.random.key(seed)
+  key, rng = jax.random.key(seed), np.random.default_rng(seed)
 
   def act(step):
     obs = {k: step[k] for k in (*env.obs_space, 'is_first')}
@@ -58,10 +63,15 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
                                      jax.random.fold_in(key, status['step']), mode=mode)
     status['step'] += 1
     model_action = np.asarray(action)
+    if epsilon > 0:
+      explore = rng.random(envs) < epsilon
+      random_action = agent.model_action(env.random_actions([rng]))
+      model_action = np.where(explore[:, None], random_action, model_action).astype(np.float32)
+      status['carry'] = {**status['carry'], 'action': model_action}
     return model_action, agent.env_action(model_action)
 
   source = {'policy': 'checkpoint', 'workdir': workdir, 'env_step': int(env_step), 'mode': mode,
-            'seed': seed}
+            'seed': seed, 'epsilon': epsilon}
   try:
     return dataset.record(_writer(out, config, env, chunk_steps, source), env, steps, act)
   finally:

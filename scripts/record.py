@@ -35,6 +35,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the envs and the policy.')
 _CHUNK_STEPS = flags.DEFINE_integer('chunk_steps', 1000, 'Steps (of all envs) per chunk file.')
 _MODE = flags.DEFINE_enum('policy_mode', 'train', ['train', 'eval'],
                           'checkpoint: sample actions (train) or take the most likely (eval).')
+_EPSILON = flags.DEFINE_float('epsilon', 0.0, 'checkpoint: probability of a uniformly random '
+                              'action instead of the policy\'s, per env step.')
 flags.mark_flags_as_required(['out'])
 
 
@@ -52,7 +54,8 @@ def main(argv):
     raise app.UsageError(f'--source={_SOURCE.value} needs --workdir=<run directory>')
   elif _SOURCE.value == 'checkpoint':
     manifest = record.checkpoint_policy(_WORKDIR.value, _OUT.value, _STEPS.value, _ENVS.value,
-                                        _SEED.value, _CHUNK_STEPS.value, _MODE.value)
+                                        _SEED.value, _CHUNK_STEPS.value, _MODE.value,
+                                        _EPSILON.value)
   else:
     manifest = record.replay_of_run(_WORKDIR.value, _OUT.value, _CHUNK_STEPS.value)
   logging.info('Wrote %s: %d steps x %d envs, %d episodes, return %s.', _OUT.value,

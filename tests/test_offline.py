@@ -117,6 +117,18 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
   assert [row['eval/episode/return'] for row in rows if 'eval/episode/return' in row]
   monkeypatch.setattr(envs.VectorEnv, 'step', real_step)
   check_probes(tmp_path / 'run')  # probes work on offline runs (checkpoint without replay)
+  # Recording from that checkpoint: the policy mode, then with every action replaced at random.
+  actions = {}
+  for epsilon in (0.0, 1.0):
+    manifest = record.checkpoint_policy(workdir, str(tmp_path / f'eps{epsilon}'), steps=80,
+                                        envs=N, mode='eval', epsilon=epsilon)
+    assert manifest['steps'] == 41 and manifest['source']['epsilon'] == epsilon
+    steps = load_into_replay(tmp_path / f'eps{epsilon}')[0].data['action']
+    actions[epsilon] = np.asarray(steps)
+    assert np.isin(actions[epsilon], [0.0, 1.0]).all(), np.unique(actions[epsilon])
+  assert not np.array_equal(actions[0.0], actions[1.0])
+  with pytest.raises(ValueError, match='epsilon must be in'):
+    record.checkpoint_policy(workdir, str(tmp_path / 'bad'), steps=8, epsilon=1.5)
   # A dataset recorded on another task is refused before anything is built.
   config.task = 'Acrobot-v1'
   with pytest.raises(ValueError, match='--config.task=CartPole-v1'):

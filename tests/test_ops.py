@@ -111,6 +111,10 @@ def test_straight_through_gradient_is_identity():
   probs = jnp.array([0.2, 0.8])
   jacobian = jax.jacobian(lambda p: ops.straight_through(jnp.array([0.0, 1.0]), p))(probs)
   np.testing.assert_allclose(jacobian, np.eye(2))
+  # The forward value is the one-hot sample exactly, also under jit (not (1 + p) - p rounded).
+  probs = jax.nn.softmax(jnp.linspace(-3.0, 3.0, 64).reshape(32, 2), -1)
+  onehot = jax.nn.one_hot(jnp.arange(32) % 2, 2)
+  np.testing.assert_array_equal(jax.jit(ops.straight_through)(onehot, probs), onehot)
 
 
 def test_unimix_and_categorical_kl():
