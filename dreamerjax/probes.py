@@ -170,7 +170,8 @@ def restore_subject(workdir: str) -> dict:
   (see `collect`), the checkpoint `step`, the `config` and a `title`."""
   from dreamerjax import train
 
-  config, agent, _ = train.load_run(workdir)
+  loaded = train.load_run(workdir)
+  config, agent, _ = loaded
   if config.variant == 'worldmodels':
     from dreamerjax import worldmodels
 
@@ -183,9 +184,7 @@ def restore_subject(workdir: str) -> dict:
                 env_action=agent.env_action,
                 title=f'worldmodels on {config.task}, {config.agent.policy} '
                       f'controller, checkpoint at update {step}')
-  step, state, _, _ = train.restore(workdir)
-  if config.num_seeds > 1:  # probe the first of the vmapped seeds
-    state = jax.tree.map(lambda x: x[0], state)
+  _, _, step, state = train.restore_agent(workdir, loaded)  # seed 0 of a several-seed run
   policy = jax.jit(agent.policy_step)
   unit = 'update' if config.run.mode == 'offline' else 'env step'
   return dict(world_model=agent.world_model, params=state.params['world_model'], step=step,

@@ -48,10 +48,7 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
   agent's mistakes, and whose actions depend less on the previous ones."""
   if not 0.0 <= epsilon <= 1.0:
     raise ValueError(f'epsilon must be in [0, 1], got {epsilon}')
-  config, agent, _ = train.load_run(workdir)
-  env_step, state, _, _ = train.restore(workdir)
-  if config.num_seeds > 1:
-    state = jax.tree.map(lambda x: x[0], state)
+  config, agent, env_step, state = train.restore_agent(workdir)
   env = _env(config, envs, seed)
   policy = jax.jit(agent.policy_step, static_argnames='mode')
   status = {'carry': agent.initial_policy_carry(envs), 'step': 0}

@@ -288,6 +288,18 @@ def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
   return step, tree['agent'], tree.get('replay'), meta
 
 
+def restore_agent(workdir: str, loaded: tuple | None = None
+                  ) -> tuple[ml_collections.ConfigDict, Agent, int, Any]:
+  """`(config, agent, step, TrainState)` of the newest checkpoint of the run in `workdir` (online
+  or offline), for acting with it: the state of seed 0 where the run trained several. `loaded`:
+  what `load_run(workdir)` returned, if the caller has it already."""
+  config, agent, _ = loaded or load_run(workdir)
+  step, state, _, _ = restore(workdir)
+  if config.num_seeds > 1:
+    state = jax.tree.map(lambda x: x[0], state)
+  return config, agent, step, state
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config.num_seeds` agents as `config` says, in `workdir`; returns a summary.
 
