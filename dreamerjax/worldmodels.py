@@ -326,12 +326,18 @@ def initial_carry(model: WorldModelsModel, count: int) -> dict:
           'action': jnp.zeros((count, model.action_size), jnp.float32)}
 
 
+def _latent_actor_critic(config: ml_collections.ConfigDict, model: WorldModelsModel,
+                         discrete: bool):
+  """The `agent.policy=actor_critic` controller: the latent actor-critic on [z, h]."""
+  from dreamerjax.behavior import ActorCritic
+  return ActorCritic(model, discrete, model.action_size, config.agent, config.model)
+
+
 def controller_policy(config: ml_collections.ConfigDict, model: WorldModelsModel, discrete: bool,
                       controller: dict):
   """`policy(features, key) -> action` of a trained controller (as `run` saves it)."""
   if config.agent.policy == 'actor_critic':
-    from dreamerjax.behavior import ActorCritic
-    behavior = ActorCritic(model, discrete, model.action_size, config.agent, config.model)
+    behavior = _latent_actor_critic(config, model, discrete)
     return lambda features, _: behavior.action_dist(controller['actor'], features).mode()
   return lambda features, _: controller_action(controller['theta'], features, discrete)
 
@@ -345,9 +351,7 @@ def restore(workdir: str, config: ml_collections.ConfigDict, obs_space: dict, di
   params = jax.eval_shape(model.init, jax.random.key(0))
   feature_size, key = model.dynamics.feature_size, jax.random.key(0)
   if config.agent.policy == 'actor_critic':
-    from dreamerjax.behavior import ActorCritic
-    actor, critic = jax.eval_shape(
-        ActorCritic(model, discrete, action_size, config.agent, config.model).init, key)
+    actor, critic = jax.eval_shape(_latent_actor_critic(config, model, discrete).init, key)
     controller = {'actor': actor, 'critic': critic}
   else:
     controller = {'theta': jax.ShapeDtypeStruct((controller_size(feature_size, action_size),),
