@@ -69,11 +69,8 @@ class RSSMCell(nn.Module):
     inputs = jnp.concatenate(
         [self.deter_in(deter), self.stoch_in(stoch), self.action_in(action)], -1)
     group = lambda x: x.reshape(*x.shape[:-1], self.blocks, -1)  # noqa: E731
-    x = jnp.concatenate(
-        [group(deter.astype(self.dtype)),
-         jnp.repeat(inputs[..., None, :], self.blocks, -2)], -1)
-    x = x.reshape(*x.shape[:-2], -1)
-    x = nets.activation(self.act)(self.gru_hidden_norm(self.gru_hidden(x)))
+    x = self.gru_hidden(deter.astype(self.dtype), shared=inputs)
+    x = nets.activation(self.act)(self.gru_hidden_norm(x))
     gates = group(self.gru_gates(x).astype(jnp.float32))
     reset, candidate, update = jnp.split(gates, 3, -1)
     flat = lambda x: x.reshape(*x.shape[:-2], -1)  # noqa: E731

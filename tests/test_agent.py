@@ -177,3 +177,47 @@ def test_upsample_conv_equals_transposed_conv():
   got = nets.upsample_conv(x, k2)
   assert got.shape == want.shape == (2, 10, 14, 6)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize('size,kernel,stride,pad', [
+    (8, 4, 2, 1),   # the encoder's layers: runs through space_to_depth
+    (7, 4, 2, 1),   # odd padded size: the strided-view path
+    (6, 3, 1, 1),
+    (6, 2, 1, 0)])
+def test_patch_conv_equals_conv(size, kernel, stride, pad):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 2, 3))
+  k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 3, 5))
+  want = jax.lax.conv_general_dilated(x, k, (stride, stride), [(pad, pad)] * 2,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  got = nets.patch_conv(x, k, stride, pad)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_space_to_depth_kernel_matches_strided_conv():
+  """A stride-2 4x4 convolution equals a stride-1 2x2 one over the space-to-depth input."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
+  k = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 2, 3))
+  dn = ('NHWC', 'HWIO', 'NHWC')
+  want = jax.lax.conv_general_dilated(x, k, (2, 2), 'VALID', dimension_numbers=dn)
+  got = jax.lax.conv_general_dilated(nets.space_to_depth(x, 2), nets.kernel_to_depth(k, 2),
+                                     (1, 1), 'VALID', dimension_numbers=dn)
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  assert nets.space_to_depth(x, 2)[0, 1, 2].tolist() == [  # (row, column, channel) order
+      *x[0, 2, 4].tolist(), *x[0, 2, 5].tolist(), *x[0, 3, 4].tolist(), *x[0, 3, 5].tolist()]
+
+
+def test_block_linear_shared_input_equals_repeated_input():
+  """`shared` is the same map as appending the shared input to every block's slice."""
+  blocks, x, shared = 4, jnp.arange(2 * 8.0).reshape(2, 8) / 10, jnp.ones((2, 3))
+  layer = nets.BlockLinear(12, blocks)
+  params = layer.init(jax.random.PRNGKey(0), x, shared)
+  kernel = params['params']['kernel']  # [blocks, 8 / blocks + 3, 12 / blocks]
+  assert kernel.shape == (4, 5, 3)
+  rows = jnp.concatenate([x.reshape(2, blocks, 2), jnp.repeat(shared[:, None], blocks, 1)], -1)
+  want = jnp.einsum('ngi,gio->ngo', rows, kernel).reshape(2, 12)
+  np.testing.assert_allclose(layer.apply(params, x, shared), want, atol=1e-5)
+  np.testing.assert_allclose(  # and without a shared input, block-diagonal
+      nets.BlockLinear(12, blocks).apply({'params': {'kernel': kernel[:, :2], 'bias': jnp.zeros(12)}},
+                                         x), jnp.einsum('ngi,gio->ngo', x.reshape(2, blocks, 2),
+                                                        kernel[:, :2]).reshape(2, 12), atol=1e-5)
