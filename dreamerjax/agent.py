@@ -132,8 +132,8 @@ class Agent:
     actor_params, actor_opt, actor_norm = _update(self.optimizers['actor'], actor_grads,
                                                   state.opt_state['actor'], params['actor'])
     (critic_loss, critic_metrics), critic_grads = jax.value_and_grad(
-        behavior.critic_loss, has_aux=True)(params['critic'], state.slow_critic, aux['features'],
-                                            aux['returns'], aux['weight'])
+        behavior.critic_loss, has_aux=True)(params['critic'], aux['features'], aux['returns'],
+                                            aux['weight'], aux['slow_value'])
     critic_params, critic_opt, critic_norm = _update(self.optimizers['critic'], critic_grads,
                                                      state.opt_state['critic'], params['critic'])
     rate = self.config.agent.slow_critic_rate

@@ -84,19 +84,25 @@ class ActorCritic:
     return features, actions
 
   def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont):
-    """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory."""
+    """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory;
+    also the imagined rewards `[N, H]` and the slow critic's values `[N, H+1]` (None when
+    neither the target nor the regularizer uses them), so no head runs twice on the same states."""
     a = self.config
     wm = self.world_model
     reward = wm.reward(wm_params, features[:, 1:])
     cont = (wm.cont_logits(wm_params, features[:, 1:]) > 0).astype(jnp.float32)
     cont = jnp.concatenate([start_cont[:, None], cont], 1)
     value = self.value(critic_params, features)
-    target_value = self.value(slow_critic_params, features) if a.slow_critic_target else value
+    slow_value = None
+    if a.slow_critic_target or a.slow_critic_reg > 0:
+      slow_value = self.value(slow_critic_params, features)
+    target_value = slow_value if a.slow_critic_target else value
     discount = a.discount * cont
     returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
     # A state's weight is the probability of still being in the episode when reaching it.
     weight = sg(jnp.cumprod(discount, 1) / a.discount)[:, :-1]
-    return returns, value, weight
+    return dict(returns=returns, value=value, weight=weight, reward=reward,
+                slow_value=slow_value)
 
   def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
                  starts, start_cont, key, trajectory=None):
@@ -105,8 +111,9 @@ class ActorCritic:
     if trajectory is None:
       trajectory = self.rollout(sg(wm_params), actor_params, starts, key)
     features, actions = trajectory
-    returns, value, weight = self.returns(sg(wm_params), sg(critic_params),
-                                          sg(slow_critic_params), features, start_cont)
+    rollout = self.returns(sg(wm_params), sg(critic_params), sg(slow_critic_params), features,
+                           start_cont)
+    returns, value, weight = rollout['returns'], rollout['value'], rollout['weight']
     if a.return_norm == 'percentile':
       low, high, scale = ops.percentile_range_update(
           return_norm.low, return_norm.high, returns, a.return_norm_decay,
@@ -133,21 +140,22 @@ class ActorCritic:
       loss += a.bc_weight * bc_loss
       bc_metrics = {'ac/bc_loss': bc_loss}
     aux = dict(features=sg(features), returns=sg(returns), weight=weight,
+               slow_value=None if rollout['slow_value'] is None else sg(rollout['slow_value']),
                return_norm=ReturnNorm(low=low, high=high),
                metrics={'ac/actor_loss': loss, 'ac/entropy': jnp.mean(entropy),
                         'ac/return_mean': jnp.mean(returns), 'ac/value_mean': jnp.mean(value),
                         'ac/return_scale': scale, 'ac/advantage_std': jnp.std(advantage),
-                        'ac/imagined_reward': jnp.mean(
-                            self.world_model.reward(sg(wm_params), sg(features[:, 1:]))),
+                        'ac/imagined_reward': jnp.mean(sg(rollout['reward'])),
                         **bc_metrics})
     return loss, aux
 
-  def critic_loss(self, critic_params, slow_critic_params, features, returns, weight):
+  def critic_loss(self, critic_params, features, returns, weight, slow_value=None):
+    """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them)."""
     a = self.config
     outputs = self.critic.apply(critic_params, features[:, :-1])
     loss = heads.scalar_loss(a.critic_head, outputs, returns, self.world_model.bins)
     if a.slow_critic_reg > 0:
-      slow_value = self.value(slow_critic_params, features[:, :-1])
+      slow_value = slow_value[:, :-1]
       loss += a.slow_critic_reg * heads.scalar_loss(a.critic_head, outputs, slow_value,
                                                     self.world_model.bins)
     loss = jnp.mean(weight * loss)
