@@ -140,12 +140,21 @@ class RSSM:
     return carry, action * keep[:, None]
 
   def obs_step(self, params, carry, action, embed, is_first, key, mode=False):
+    carry, post = self._posterior_step(params, carry, action, embed, is_first, key, mode)
+    return carry, post, self.prior_from_features(params, self.features(carry))
+
+  def prior_from_features(self, params, features: jax.Array) -> dict:
+    """The prior of the states whose features are `features [..., F]`."""
+    return self.cell.apply(params, features[..., :self.cell.deter], method=RSSMCell.prior)
+
+  def _posterior_step(self, params, carry, action, embed, is_first, key, mode=False):
+    """`obs_step` without the prior, which the recurrence does not need: `observe` computes the
+    priors of all steps after its scan, as one product over `[T*B]` rows instead of T products
+    over B rows (and no per-step gradient accumulation for the prior's weights)."""
     carry, action = self._reset(carry, action, is_first)
     deter = self.cell.apply(params, carry['deter'], carry['stoch'], action, method=RSSMCell.core)
-    prior = self.cell.apply(params, deter, method=RSSMCell.prior)
     post = self.cell.apply(params, deter, embed, method=RSSMCell.posterior)
-    stoch = dists.latent_sample(key, post, mode)
-    return {'deter': deter, 'stoch': stoch}, post, prior
+    return {'deter': deter, 'stoch': dists.latent_sample(key, post, mode)}, post
 
   def img_step(self, params, carry, action, key):
     deter = self.cell.apply(params, carry['deter'], carry['stoch'], action, method=RSSMCell.core)
@@ -158,12 +167,13 @@ class RSSM:
 
     def step(carry, inputs):
       embed, action, first, step_key = inputs
-      carry, post, prior = self.obs_step(params, carry, action, embed, first, step_key)
-      return carry, (self.features(carry), post, prior)
+      carry, post = self._posterior_step(params, carry, action, embed, first, step_key)
+      return carry, (self.features(carry), post)
 
     keys = jax.random.split(key, length)
-    carry, (feats, post, prior) = jax.lax.scan(
+    carry, (feats, post) = jax.lax.scan(
         step, carry, (time_major(embeds), time_major(actions), time_major(is_first), keys))
+    prior = self.prior_from_features(params, feats)
     batch_major = lambda tree: jax.tree.map(time_major, tree)  # noqa: E731
     return carry, time_major(feats), batch_major(post), batch_major(prior)
 

@@ -108,21 +108,22 @@ class MDNRNN(RSSM):
     cell = features[..., units:2 * units] if self.lstm else jnp.zeros_like(deter)
     return {'deter': deter, 'cell': cell, 'stoch': features[..., -self.cell.stoch:]}
 
-  def _advance(self, params, carry, action):
+  def prior_from_features(self, params, features: jax.Array) -> dict:
+    return self.cell.apply(params, features[..., :self.cell.units], method=MDNRNNCell.prior)
+
+  def _posterior_step(self, params, carry, action, embed, is_first, key, mode=False):
+    carry, action = self._reset(carry, action, is_first)
     deter, cell = self.cell.apply(params, carry['deter'], carry['cell'], carry['stoch'], action,
                                   method=MDNRNNCell.core)
-    return deter, cell, self.cell.apply(params, deter, method=MDNRNNCell.prior)
-
-  def obs_step(self, params, carry, action, embed, is_first, key, mode=False):
-    carry, action = self._reset(carry, action, is_first)
-    deter, cell, prior = self._advance(params, carry, action)
     post = vae.gaussian_stats_from_embed(embed)
     stoch = post['mean'] if mode else post['mean'] + post['std'] * jax.random.normal(
         key, post['mean'].shape)
-    return {'deter': deter, 'cell': cell, 'stoch': stoch}, post, prior
+    return {'deter': deter, 'cell': cell, 'stoch': stoch}, post
 
   def img_step(self, params, carry, action, key):
-    deter, cell, prior = self._advance(params, carry, action)
+    deter, cell = self.cell.apply(params, carry['deter'], carry['cell'], carry['stoch'], action,
+                                  method=MDNRNNCell.core)
+    prior = self.cell.apply(params, deter, method=MDNRNNCell.prior)
     stoch = mdn.sample(key, prior, self.temperature)
     return {'deter': deter, 'cell': cell, 'stoch': stoch}, prior
 

@@ -221,3 +221,15 @@ def test_block_linear_shared_input_equals_repeated_input():
       nets.BlockLinear(12, blocks).apply({'params': {'kernel': kernel[:, :2], 'bias': jnp.zeros(12)}},
                                          x), jnp.einsum('ngi,gio->ngo', x.reshape(2, blocks, 2),
                                                         kernel[:, :2]).reshape(2, 12), atol=1e-5)
+
+
+def test_matmul_flops_counts_every_loop_iteration():
+  """2 FLOPs per multiply-add; a scan body counts once per step, a cond its dearest branch."""
+  from dreamerjax import benchmark
+
+  def f(w, xs):
+    _, ys = jax.lax.scan(lambda c, x: (c, x @ w), 0.0, xs)      # 5 x [2,3]@[3,4]: 5 * 48
+    y = jax.jit(lambda y: y @ jnp.ones((4, 7)))(ys)              # [5,2,4]@[4,7]: 560
+    return jax.lax.cond(y.sum() > 0, lambda: y @ jnp.ones((7, 1)),  # 2*10*7 = 140
+                        lambda: jnp.zeros((5, 2, 1)))
+  assert benchmark.matmul_flops(f, jnp.ones((3, 4)), jnp.ones((5, 2, 3))) == 240 + 560 + 140
