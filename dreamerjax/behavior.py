@@ -92,7 +92,10 @@ class ActorCritic:
     reward = wm.reward(wm_params, features[:, 1:])
     cont = (wm.cont_logits(wm_params, features[:, 1:]) > 0).astype(jnp.float32)
     cont = jnp.concatenate([start_cont[:, None], cont], 1)
-    value = self.value(critic_params, features)
+    # The critic's loss runs the critic on `features[:, :-1]`; the same product here lets XLA
+    # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
+    value = jnp.concatenate([self.value(critic_params, features[:, :-1]),
+                             self.value(critic_params, features[:, -1:])], 1)
     slow_value = None
     if a.slow_critic_target or a.slow_critic_reg > 0:
       slow_value = self.value(slow_critic_params, features)
