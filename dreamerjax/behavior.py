@@ -152,8 +152,9 @@ class ActorCritic:
                         **bc_metrics})
     return loss, aux
 
-  def critic_loss(self, critic_params, features, returns, weight, slow_value=None):
-    """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them)."""
+  def critic_loss(self, critic_params, features, returns, weight, slow_value):
+    """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them;
+    None when `slow_critic_reg` is 0)."""
     a = self.config
     outputs = self.critic.apply(critic_params, features[:, :-1])
     loss = heads.scalar_loss(a.critic_head, outputs, returns, self.world_model.bins)

@@ -111,18 +111,21 @@ class MDNRNN(RSSM):
   def prior_from_features(self, params, features: jax.Array) -> dict:
     return self.cell.apply(params, features[..., :self.cell.units], method=MDNRNNCell.prior)
 
+  def _core(self, params, carry, action):
+    """`(h, c)` after one recurrent step on `[z, action]`."""
+    return self.cell.apply(params, carry['deter'], carry['cell'], carry['stoch'], action,
+                           method=MDNRNNCell.core)
+
   def _posterior_step(self, params, carry, action, embed, is_first, key, mode=False):
     carry, action = self._reset(carry, action, is_first)
-    deter, cell = self.cell.apply(params, carry['deter'], carry['cell'], carry['stoch'], action,
-                                  method=MDNRNNCell.core)
+    deter, cell = self._core(params, carry, action)
     post = vae.gaussian_stats_from_embed(embed)
     stoch = post['mean'] if mode else post['mean'] + post['std'] * jax.random.normal(
         key, post['mean'].shape)
     return {'deter': deter, 'cell': cell, 'stoch': stoch}, post
 
   def img_step(self, params, carry, action, key):
-    deter, cell = self.cell.apply(params, carry['deter'], carry['cell'], carry['stoch'], action,
-                                  method=MDNRNNCell.core)
+    deter, cell = self._core(params, carry, action)
     prior = self.cell.apply(params, deter, method=MDNRNNCell.prior)
     stoch = mdn.sample(key, prior, self.temperature)
     return {'deter': deter, 'cell': cell, 'stoch': stoch}, prior
