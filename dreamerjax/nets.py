@@ -191,12 +191,53 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   transposed convolution over a zero-dilated input (4x the work); this form does the same
   multiply-adds as the transposed convolution itself, (H+1)(W+1)/(HW) of them.
   """
-  n, h, w, _ = x.shape
+  n, h, w, c = x.shape
+  if kernel.shape[-1] < c:
+    return _upsample_overlap_add(x, kernel)
   y = patch_conv(x, kernel, stride=1, pad=1)                 # [N, H+1, W+1, 4 * O]
   y = y.reshape(n, h + 1, w + 1, 2, 2, -1)
   phases = [[y[:, p:p + h, q:q + w, p, q] for q in (0, 1)] for p in (0, 1)]
   y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)    # [N, H, 2, W, 2, O]
   return y.reshape(n, 2 * h, 2 * w, -1)
+
+
+def _upsample_overlap_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`upsample_conv` for few output channels: every input pixel's contribution to its 4x4 output
+  window comes from one product with the input (no patch copies), then the windows are summed."""
+  n, h, w, c = x.shape
+  z = x @ kernel.transpose(2, 0, 1, 3).reshape(c, -1).astype(x.dtype)
+  return _overlap_add(z.reshape(n, h, w, 2, 2, 2, 2, kernel.shape[-1] // 4))
+
+
+@jax.custom_vjp
+def _overlap_add(z: jax.Array) -> jax.Array:
+  """`[N, H, W, a, b, p, q, O]` -> `[N, 2H, 2W, O]`: output phase `(p, q)` at `(i, j)` sums tap
+  `(a, b)` of input pixel `(i + p + a - 1, j + q + b - 1)` (zero outside the input)."""
+  n, h, w = z.shape[:3]
+  z = jnp.pad(z, ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
+  phases = [[sum(z[:, p + a:p + a + h, q + b:q + b + w, a, b, p, q] for a in (0, 1) for b in (0, 1))
+             for q in (0, 1)] for p in (0, 1)]
+  y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)    # [N, H, 2, W, 2, O]
+  return y.reshape(n, 2 * h, 2 * w, -1)
+
+
+def _overlap_add_fwd(z):
+  return _overlap_add(z), z.shape
+
+
+def _overlap_add_bwd(shape, dy):
+  # The transpose gathers: tap (a, b, p, q) of pixel (m, w) receives phase (p, q)'s gradient at
+  # (m - p - a + 1, w - q - b + 1). Written out because autodiff of the padded slices above
+  # materializes one full-size padded array per tap.
+  n, h, w = shape[:3]
+  dy = dy.reshape(n, h, 2, w, 2, -1)
+  dy = jnp.pad(dy, ((0, 0), (1, 1), (0, 0), (1, 1), (0, 0), (0, 0)))
+  taps = [dy[:, 2 - p - a:2 - p - a + h, p, 2 - q - b:2 - q - b + w, q]
+          for a in (0, 1) for b in (0, 1) for p in (0, 1) for q in (0, 1)]
+  return (jnp.stack(taps, 3).reshape(shape),)
+
+
+_overlap_add.defvjp(_overlap_add_fwd, _overlap_add_bwd)
 
 
 class Conv(nn.Module):

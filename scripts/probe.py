@@ -11,6 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dreamerjax import allocator  # noqa: E402
+
+allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
+
 from absl import app, flags, logging  # noqa: E402
 
 from dreamerjax import probes  # noqa: E402

@@ -166,17 +166,29 @@ def test_nonfinite_loss_raises_and_keeps_state():
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
 
 
-def test_upsample_conv_equals_transposed_conv():
-  """The decoder's upsampling is a 4x4 stride-2 transposed convolution, computed differently."""
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, 3))
-  k4 = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 3, 6))
-  want = jax.lax.conv_transpose(x, k4, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+@pytest.mark.parametrize('channels,outputs', [
+    (3, 6),    # more outputs than inputs: the patch (im2col) form
+    (8, 1)])   # few outputs (the decoder's last layer): the overlap-add form with its own VJP
+def test_upsample_conv_equals_transposed_conv(channels, outputs):
+  """The decoder's upsampling is a 4x4 stride-2 transposed convolution, computed differently;
+  values and gradients (input and kernel) match lax's."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 7, channels))
+  k4 = jax.random.normal(jax.random.PRNGKey(1), (4, 4, channels, outputs))
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), (2, 10, 14, outputs))
   # Output phase p reads kernel taps p + 2a (a = 0, 1) along each axis: split each 4-axis into
   # (a, p) and move the phases next to the output channels.
-  k2 = k4.reshape(2, 2, 2, 2, 3, 6).transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, 3, 24)
-  got = nets.upsample_conv(x, k2)
-  assert got.shape == want.shape == (2, 10, 14, 6)
-  np.testing.assert_allclose(got, want, atol=1e-5)
+  to_phases = lambda k: k.reshape(2, 2, 2, 2, channels, outputs).transpose(  # noqa: E731
+      0, 2, 4, 1, 3, 5).reshape(2, 2, channels, 4 * outputs)
+  want_fn = lambda x, k: jax.lax.conv_transpose(  # noqa: E731
+      x, k, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  got_fn = lambda x, k: nets.upsample_conv(x, to_phases(k))  # noqa: E731
+  want, got = want_fn(x, k4), got_fn(x, k4)
+  assert got.shape == want.shape == (2, 10, 14, outputs)
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * cotangent), (0, 1))(x, k4)
+           for f in (want_fn, got_fn)]
+  for want_grad, got_grad in zip(*grads, strict=True):
+    np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize('size,kernel,stride,pad', [
