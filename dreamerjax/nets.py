@@ -80,7 +80,9 @@ class BlockLinear(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, shared=None):
+  def __call__(self, x, shared=None, blocks_major=False):
+    """`[..., in]` -> `[..., features]`, or with `blocks_major` `[blocks, N, features / blocks]`
+    (N the flattened leading axes): the product's own layout, for elementwise work per block."""
     if x.shape[-1] % self.blocks or self.features % self.blocks:
       raise ValueError(f'BlockLinear: input {x.shape[-1]} and output {self.features} must both be '
                        f'divisible by blocks={self.blocks}')
@@ -93,8 +95,12 @@ class BlockLinear(nn.Module):
     # Blocks leading ([g, N, i] x [g, i, o] -> [g, N, o]) so the product and its consumers keep
     # the rows contiguous; XLA's CPU layout for the '...gi,gio' form put the batch axis minor.
     x = x.reshape(-1, self.blocks, in_size).astype(self.dtype).transpose(1, 0, 2)
-    y = jnp.einsum('gni,gio->gno', x, kernel[:, :in_size]).transpose(1, 0, 2)
-    y = y.reshape(-1, self.features)
+    y = jnp.einsum('gni,gio->gno', x, kernel[:, :in_size])
+    if blocks_major:
+      if shared is not None:
+        raise ValueError('BlockLinear: blocks_major output takes no shared input')
+      return y + bias.reshape(self.blocks, 1, out_size).astype(self.dtype)
+    y = y.transpose(1, 0, 2).reshape(-1, self.features)
     if shared is not None:
       dense = kernel[:, in_size:].transpose(1, 0, 2).reshape(shared_size, self.features)
       y = y + shared.reshape(-1, shared_size).astype(self.dtype) @ dense
