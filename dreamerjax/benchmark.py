@@ -31,7 +31,9 @@ def machine() -> dict:
   return {'platform': device.platform, 'device_kind': device.device_kind,
           'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
           'processor': platform.processor() or platform.machine(),
-          'python': platform.python_version(), 'jax': jax.__version__}
+          'python': platform.python_version(), 'jax': jax.__version__,
+          'allocator': 'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'system',
+          'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 def matmul_flops(fn, *args) -> float:
@@ -87,18 +89,22 @@ def synthetic_batch(obs_space: dict, batch: int, length: int, actions: int, seed
 
 
 def _compile_and_time(step, state, data, repeats: int):
-  """Compiles the jitted `step(state, data)`; returns (compiled, compile seconds, seconds per
-  call after one warm-up call). `state` is donated, so it is threaded through the calls."""
+  """Compiles the jitted `step(state, data)`; returns (compiled, compile seconds, median seconds
+  per call over `repeats` calls after one warm-up call). `state` is donated, so it is threaded
+  through the calls. The median, not the mean: on a shared or virtualized host one call in a few
+  can stall for seconds (e.g. the kernel backing fresh memory), which says nothing of the step."""
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - start
   state, metrics = compiled(state, data)  # warm up
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
+  seconds = []
   for _ in range(repeats):
+    start = time.perf_counter()
     state, metrics = compiled(state, data)
-  jax.block_until_ready(metrics)
-  return compiled, compile_s, (time.perf_counter() - start) / repeats
+    jax.block_until_ready(metrics)
+    seconds.append(time.perf_counter() - start)
+  return compiled, compile_s, float(np.median(seconds))
 
 
 def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
@@ -134,7 +140,7 @@ def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> di
 
 
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
-                      repeats: int = 3, variant: str = 'dreamerv3',
+                      repeats: int = 5, variant: str = 'dreamerv3',
                       model: dict | None = None) -> dict:
   """Compile time, seconds per step, XLA FLOPs (`cost_analysis`, which counts loop bodies once),
   matrix-product FLOPs with every loop step counted (`matmul_flops`) and achieved FLOP/s."""
