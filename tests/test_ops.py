@@ -132,3 +132,17 @@ def test_gaussian_kl():
   # KL(N(m, s) || N(0, 1)) = log(1/s) + (s^2 + m^2) / 2 - 1/2.
   expected = 0.0 + (np.log(0.5) + (4 + 1) / 2 - 0.5)
   np.testing.assert_allclose(kl, expected, rtol=1e-6)
+
+
+def test_categorical_sample_frequencies_match_probabilities():
+  """Exactly one class per group, drawn with the softmax's probabilities (a class of probability
+  0 never)."""
+  probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0], [0.97, 0.01, 0.01, 0.01]])
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  samples = jax.jit(jax.vmap(dists.categorical_sample, (0, None)))(
+      jax.random.split(jax.random.key(3), 40000), logits)
+  samples = np.asarray(samples)
+  np.testing.assert_array_equal(samples.sum(-1), 1.0)
+  frequencies = samples.mean(0)
+  np.testing.assert_allclose(frequencies, probs, atol=0.01)
+  assert frequencies[1, 0] == frequencies[1, 3] == 0.0
