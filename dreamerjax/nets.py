@@ -195,7 +195,9 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   phase `(p, q)` of pixel `(i, j)` reads the 2x2 input window starting at `(i + p - 1, j + q - 1)`,
   exactly the taps a 4x4 transposed convolution uses there. XLA's CPU backend runs a strided
   transposed convolution over a zero-dilated input (4x the work); this form does the same
-  multiply-adds as the transposed convolution itself, (H+1)(W+1)/(HW) of them.
+  multiply-adds as the transposed convolution itself, (H+1)(W+1)/(HW) of them. With fewer than
+  C/4 outputs (the decoder's last layer: 32 channels in, 3 out) `_upsample_overlap_add` does the
+  same sum without the patch matrix, which would be 4C wide for 4 x 3 outputs.
   """
   n, h, w, c = x.shape
   if kernel.shape[-1] < c:

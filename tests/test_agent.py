@@ -232,6 +232,14 @@ def test_block_linear_shared_input_equals_repeated_input():
   diagonal = {'params': {'kernel': kernel[:, :2], 'bias': jnp.zeros(12)}}  # no shared input
   want = jnp.einsum('ngi,gio->ngo', x.reshape(2, blocks, 2), kernel[:, :2]).reshape(2, 12)
   np.testing.assert_allclose(nets.BlockLinear(12, blocks).apply(diagonal, x), want, atol=1e-5)
+  # blocks_major: the same numbers as [blocks, N, out / blocks] (the GRU gates' layout), bias in.
+  biased = {'params': {'kernel': kernel[:, :2], 'bias': jnp.arange(12.0)}}
+  flat = nets.BlockLinear(12, blocks).apply(biased, x)
+  major = nets.BlockLinear(12, blocks).apply(biased, x, blocks_major=True)
+  assert major.shape == (blocks, 2, 3)
+  np.testing.assert_allclose(major.transpose(1, 0, 2).reshape(2, 12), flat, atol=1e-6)
+  with pytest.raises(ValueError, match='no shared input'):
+    layer.apply(params, x, shared, blocks_major=True)
 
 
 def test_matmul_flops_counts_every_loop_iteration():
