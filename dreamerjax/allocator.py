@@ -3,8 +3,9 @@
 XLA:CPU takes each execution's temporary buffer (4.3 GB for the 12m image train step) from malloc
 and frees it when the step ends. glibc serves a request that large with a fresh mmap and returns
 it with munmap, so every step faults about a million zeroed pages back in: 3-4 s of kernel time per
-12m step on the 2-core CI host. jemalloc, told never to purge freed pages (`MALLOC_CONF`
-below), hands the same pages to the next step. The README's "Speed" section has the figures.
+12m step on the 2-core development host. jemalloc, told never to purge freed pages (`MALLOC_CONF`
+below), hands the same pages to the next step. The README's "Benchmarks" section ("Allocator") has
+the figures.
 
 An allocator can only be swapped at process start (`LD_PRELOAD`), so `use_jemalloc()` re-executes
 the script once with the library preloaded; call it first thing in an entry script, before jax is
@@ -47,16 +48,20 @@ def find_jemalloc(environ: Mapping[str, str] = os.environ) -> str | None:
   return None
 
 
+def active(environ: Mapping[str, str] = os.environ) -> str:
+  """'jemalloc' when the process runs with it preloaded, else 'system'."""
+  return 'jemalloc' if 'jemalloc' in environ.get('LD_PRELOAD', '') else 'system'
+
+
 def preload_environ(environ: Mapping[str, str], library: str | None) -> dict[str, str] | None:
   """The environment to re-execute with, or None when the process should run as it is."""
   choice = environ.get(SWITCH, 'jemalloc')
   if choice not in ('jemalloc', 'system'):
     raise ValueError(f'{SWITCH}={choice!r}: use jemalloc (the default) or system')
-  preload = environ.get('LD_PRELOAD', '')
-  if choice == 'system' or library is None or 'jemalloc' in preload:
+  if choice == 'system' or library is None or active(environ) == 'jemalloc':
     return None
   new = dict(environ)
-  new['LD_PRELOAD'] = ':'.join(filter(None, [library, preload]))
+  new['LD_PRELOAD'] = ':'.join(filter(None, [library, environ.get('LD_PRELOAD', '')]))
   new.setdefault('MALLOC_CONF', MALLOC_CONF)
   return new
 

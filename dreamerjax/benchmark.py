@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax import configs, logger, nets, parallel, train
+from dreamerjax import allocator, configs, logger, nets, parallel, train
 from dreamerjax.agent import Agent
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
@@ -32,7 +32,7 @@ def machine() -> dict:
           'device_count': jax.device_count(), 'cpu_count': os.cpu_count(),
           'processor': platform.processor() or platform.machine(),
           'python': platform.python_version(), 'jax': jax.__version__,
-          'allocator': 'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'system',
+          'allocator': allocator.active(),
           'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 

@@ -86,6 +86,8 @@ class BlockLinear(nn.Module):
     if x.shape[-1] % self.blocks or self.features % self.blocks:
       raise ValueError(f'BlockLinear: input {x.shape[-1]} and output {self.features} must both be '
                        f'divisible by blocks={self.blocks}')
+    if blocks_major and shared is not None:
+      raise ValueError('BlockLinear: blocks_major output takes no shared input')
     in_size, out_size = x.shape[-1] // self.blocks, self.features // self.blocks
     shared_size = 0 if shared is None else shared.shape[-1]
     kernel = self.param('kernel', nn.initializers.lecun_normal(batch_axis=(0,)),
@@ -97,8 +99,6 @@ class BlockLinear(nn.Module):
     x = x.reshape(-1, self.blocks, in_size).astype(self.dtype).transpose(1, 0, 2)
     y = jnp.einsum('gni,gio->gno', x, kernel[:, :in_size])
     if blocks_major:
-      if shared is not None:
-        raise ValueError('BlockLinear: blocks_major output takes no shared input')
       return y + bias.reshape(self.blocks, 1, out_size).astype(self.dtype)
     y = y.transpose(1, 0, 2).reshape(-1, self.features)
     if shared is not None:
