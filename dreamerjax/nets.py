@@ -168,7 +168,33 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
   out_h, out_w = (h - k) // stride + 1, (w - k) // stride + 1
   views = [x[:, a:a + stride * (out_h - 1) + 1:stride, b:b + stride * (out_w - 1) + 1:stride]
            for a in range(k) for b in range(k)]
-  return jnp.concatenate(views, -1) @ kernel.reshape(k * k * c, -1).astype(x.dtype)
+  return rows_matmul(jnp.concatenate(views, -1), kernel.reshape(k * k * c, -1).astype(x.dtype))
+
+
+@jax.custom_vjp
+def rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`x @ w` for `x [..., K]`, `w [K, O]`, differentiated as two explicit 2-D products:
+  `dx = g @ w.T` and `dw = x.T @ g` over all `M` rows of `x` at once.
+
+  For the convolutions' patch products, autodiff leaves XLA:CPU a layout choice it makes badly:
+  it copies every output gradient to a transposed `[O, M]` array (a full-size copy per layer)
+  and runs the kernel gradient as an Eigen product. Written out, encoder forward+backward at
+  1024 frames (12m) takes 1.43 s instead of 1.96 s, the decoder 1.48 s instead of 2.34 s.
+  """
+  return x @ w
+
+
+def _rows_matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _rows_matmul_bwd(residuals, g):
+  x, w = residuals
+  dw = x.reshape(-1, w.shape[0]).T @ g.reshape(-1, w.shape[1])
+  return g @ w.T, dw.astype(w.dtype)
+
+
+rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 
 
 def space_to_depth(x: jax.Array, size: int) -> jax.Array:
@@ -213,7 +239,7 @@ def _upsample_overlap_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`upsample_conv` for few output channels: every input pixel's contribution to its 4x4 output
   window comes from one product with the input (no patch copies), then the windows are summed."""
   n, h, w, c = x.shape
-  z = x @ kernel.transpose(2, 0, 1, 3).reshape(c, -1).astype(x.dtype)
+  z = rows_matmul(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1).astype(x.dtype))
   return _overlap_add(z.reshape(n, h, w, 2, 2, 2, 2, kernel.shape[-1] // 4))
 
 

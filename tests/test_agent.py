@@ -204,6 +204,15 @@ def test_patch_conv_equals_conv(size, kernel, stride, pad):
   got = nets.patch_conv(x, k, stride, pad)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-4)
+  # Gradients too: the patch product has its own VJP (`nets.rows_matmul`).
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), want.shape)
+  want_grads = jax.grad(lambda x, k: jnp.sum(jax.lax.conv_general_dilated(
+      x, k, (stride, stride), [(pad, pad)] * 2,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC')) * cotangent), (0, 1))(x, k)
+  got_grads = jax.grad(lambda x, k: jnp.sum(nets.patch_conv(x, k, stride, pad) * cotangent),
+                       (0, 1))(x, k)
+  for want_grad, got_grad in zip(want_grads, got_grads, strict=True):
+    np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-4)
 
 
 def test_space_to_depth_kernel_matches_strided_conv():
