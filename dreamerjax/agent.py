@@ -123,12 +123,9 @@ class Agent:
     `slow_critic` and `return_norm`; the losses to check for finiteness; metrics.
     """
     behavior, params = self.behavior, {**state.params, 'world_model': wm_params}
-    trajectory = None
-    if behavior.reinforce_mix == 1.0:  # no gradient through the rollout: imagine outside grad
-      trajectory = behavior.rollout(params['world_model'], params['actor'], starts, img_key)
-    (actor_loss, aux), actor_grads = jax.value_and_grad(behavior.actor_loss, has_aux=True)(
+    (actor_loss, aux), actor_grads = behavior.actor_value_and_grad(
         params['actor'], params['world_model'], params['critic'], state.slow_critic,
-        state.return_norm, starts, start_cont, img_key, trajectory)
+        state.return_norm, starts, start_cont, img_key)
     actor_params, actor_opt, actor_norm = _update(self.optimizers['actor'], actor_grads,
                                                   state.opt_state['actor'], params['actor'])
     (critic_loss, critic_metrics), critic_grads = jax.value_and_grad(

@@ -10,8 +10,8 @@ explicit parameters, so every method is a pure function usable under jit/vmap/gr
   initial(batch_size) -> carry
   observe(params, carry, embeds [B,T,E], actions [B,T,A], is_first [B,T], key)
       -> (carry, feats [B,T,F], post, prior)   # post/prior: stats dicts, [B, T, ...] leaves
-  imagine(params, carry, policy, horizon, key)
-      -> (carry, feats [B,H+1,F], actions [B,H,A])
+  imagine(params, carry, policy, horizon, key[, policy_aux=True])
+      -> (carry, feats [B,H+1,F], actions [B,H,A][, aux [B,H,...]])
   start_states(params, feats [B,T,F], actions, is_first) -> carry [B*T, ...]  # imagination starts
   loss(post, prior, free_nats) -> (dyn [B,T], rep [B,T])
 """
@@ -181,19 +181,25 @@ class RSSM:
     return carry, time_major(feats), batch_major(post), batch_major(prior)
 
   def imagine(self, params, carry, policy: Callable[[jax.Array, jax.Array], jax.Array],
-              horizon: int, key):
-    """Rolls the prior forward `horizon` steps under `policy(features, key) -> action`."""
+              horizon: int, key, policy_aux: bool = False):
+    """Rolls the prior forward `horizon` steps under `policy(features, key) -> action`.
+
+    With `policy_aux`, the policy returns `(action, aux)` and the stacked `aux [B, H, ...]` is
+    returned fourth (the actor's outputs, so its loss need not run it again on the same states).
+    """
 
     def step(carry, step_key):
       policy_key, latent_key = jax.random.split(step_key)
       features = self.features(carry)
-      action = policy(features, policy_key)
+      action, aux = policy(features, policy_key) if policy_aux else (
+          policy(features, policy_key), None)
       carry, _ = self.img_step(params, carry, action, latent_key)
-      return carry, (features, action)
+      return carry, (features, action, aux)
 
-    carry, (feats, actions) = jax.lax.scan(step, carry, jax.random.split(key, horizon))
+    carry, (feats, actions, aux) = jax.lax.scan(step, carry, jax.random.split(key, horizon))
     feats = jnp.concatenate([feats, self.features(carry)[None]], 0)
-    return carry, jnp.swapaxes(feats, 0, 1), jnp.swapaxes(actions, 0, 1)
+    out = carry, jnp.swapaxes(feats, 0, 1), jnp.swapaxes(actions, 0, 1)
+    return (*out, jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), aux)) if policy_aux else out
 
   @staticmethod
   def loss(post: dict, prior: dict, free_nats: float):

@@ -266,7 +266,7 @@ class Transformer:
     return self._last_carry(carry, deter, stoch[:, None], *rest), prior
 
   def imagine(self, params, carry, policy: Callable[[jax.Array, jax.Array], jax.Array],
-              horizon: int, key):
-    return RSSM.imagine(self, params, carry, policy, horizon, key)
+              horizon: int, key, policy_aux: bool = False):
+    return RSSM.imagine(self, params, carry, policy, horizon, key, policy_aux)
 
   loss = staticmethod(RSSM.loss)

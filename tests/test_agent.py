@@ -124,6 +124,33 @@ def test_train_step_runs_and_compiles_once(obs_kind, discrete, variant):
     assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
 
 
+@pytest.mark.parametrize('bc_weight', [0.0, 1.0])
+def test_reinforce_gradient_from_imagination_outputs(bc_weight):
+  """REINFORCE takes the actor's gradient through the outputs it produced while imagining (one
+  forward pass); it equals the gradient of running the actor again on the trajectory's states."""
+  agent = make_agent('vector', discrete=True)
+  agent.behavior.config.unlock()
+  agent.behavior.config.bc_weight = bc_weight
+  behavior, state, batch = agent.behavior, agent.init(jax.random.key(0)), make_batch(agent)
+  wm = state.params['world_model']
+  features = agent.world_model.loss(wm, batch, jax.random.key(1))[1][0]
+  starts = behavior.starts(wm, features, batch)
+  start_cont = 1.0 - batch['is_terminal'].reshape(-1).astype(jnp.float32)
+  args = (wm, state.params['critic'], state.slow_critic, state.return_norm, starts, start_cont)
+  key = jax.random.key(2)
+  (loss, _), got = behavior.actor_value_and_grad(state.params['actor'], *args, key)
+  features, actions, outputs = behavior.rollout(wm, state.params['actor'], starts, key,
+                                                with_outputs=True)
+  trajectory = (features, actions)
+  again = lambda actor: behavior.actor.apply(actor, trajectory[0][:, :-1])  # noqa: E731
+  np.testing.assert_allclose(again(state.params['actor']), outputs, atol=1e-5)
+  want_loss, want = jax.value_and_grad(
+      lambda actor: behavior.policy_loss(again(actor), *args, trajectory)[0])(state.params['actor'])
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-4), want, got)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(got)) > 0
+
+
 def test_variants_select_the_recipe():
   v1, v2, v3 = (small_config(v) for v in ('dreamerv1', 'dreamerv2', 'dreamerv3'))
   assert (v1.model.latent, v2.model.latent, v3.model.latent) == ('gaussian', 'categorical',
