@@ -88,23 +88,27 @@ def synthetic_batch(obs_space: dict, batch: int, length: int, actions: int, seed
   return jax.tree.map(jnp.asarray, data)
 
 
-def _compile_and_time(step, state, data, repeats: int):
+def _compile_and_time(step, state, data, repeats: int, warmup: int = 2):
   """Compiles the jitted `step(state, data)`; returns (compiled, compile seconds, median seconds
-  per call over `repeats` calls after one warm-up call). `state` is donated, so it is threaded
-  through the calls. The median, not the mean: on a shared or virtualized host one call in a few
-  can stall for seconds (e.g. the kernel backing fresh memory), which says nothing of the step."""
+  per call, every call's seconds) over `repeats` calls after `warmup` untimed ones. `state` is
+  donated, so it is threaded through the calls. Two warm-up calls: XLA:CPU's scratch buffer
+  (3.4 GB for the 12m image step) is released only as a call finishes, and the next call often
+  allocates a second one first; on this VM the first touch of fresh memory costs about 30 us per
+  page, a 25-35 s stall once per process. The median, not the mean: that stall can still land in
+  a timed call, and on a shared host other stalls do."""
   start = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, data)  # warm up
-  jax.block_until_ready(metrics)
+  for _ in range(warmup):
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
   seconds = []
   for _ in range(repeats):
     start = time.perf_counter()
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
     seconds.append(time.perf_counter() - start)
-  return compiled, compile_s, float(np.median(seconds))
+  return compiled, compile_s, float(np.median(seconds)), seconds
 
 
 def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
@@ -140,23 +144,25 @@ def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> di
 
 
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
-                      repeats: int = 5, variant: str = 'dreamerv3',
+                      repeats: int = 7, variant: str = 'dreamerv3',
                       model: dict | None = None) -> dict:
-  """Compile time, seconds per step, XLA FLOPs (`cost_analysis`, which counts loop bodies once),
-  matrix-product FLOPs with every loop step counted (`matmul_flops`) and achieved FLOP/s."""
+  """Compile time, seconds per step (median of `repeats` calls; `step_s_calls` holds each), XLA
+  FLOPs (`cost_analysis`, which counts loop bodies once), matrix-product FLOPs with every loop
+  step counted (`matmul_flops`) and achieved FLOP/s."""
   agent = bench_agent(size, obs, actions, variant, model)
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
   params = agent.param_counts(state)
   matmul = matmul_flops(agent.train_step, state, data)
   step = jax.jit(agent.train_step, donate_argnums=0)
-  compiled, compile_s, step_s = _compile_and_time(step, state, data, repeats)
+  compiled, compile_s, step_s, calls = _compile_and_time(step, state, data, repeats)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
   return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
-          'step_s': round(step_s, 4), 'flops': flops, 'flops_per_s': flops / step_s,
+          'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],
+          'flops': flops, 'flops_per_s': flops / step_s,
           'matmul_flops': matmul, 'matmul_flops_per_s': matmul / step_s}
 
 
@@ -227,7 +233,7 @@ def scaling_record(devices: int, per_device_batch: int = 4, length: int = 16,
                  out_shardings=(shardings, layout.replicated), donate_argnums=0)
   batch = devices * per_device_batch
   data = layout.put(jax.device_get(synthetic_batch(OBS_SPACES[obs], batch, length, actions)))
-  _, compile_s, step_s = _compile_and_time(step, state, data, repeats)
+  _, compile_s, step_s, _ = _compile_and_time(step, state, data, repeats)
   return {'devices': devices, 'platform': jax.devices()[0].platform, 'size': size, 'obs': obs,
           'per_device_batch': per_device_batch, 'global_batch': batch, 'length': length,
           'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),
