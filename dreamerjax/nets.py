@@ -30,12 +30,41 @@ class Norm(nn.Module):
     dtype = x.dtype
     x = x.astype(jnp.float32)
     if self.kind == 'layer':
-      x = nn.LayerNorm(epsilon=1e-3)(x)
+      # The parameters nn.LayerNorm would create (same names, shapes and initial values).
+      scale = self.param('LayerNorm_0', lambda key: {
+          'scale': jnp.ones(x.shape[-1]), 'bias': jnp.zeros(x.shape[-1])})
+      x = layer_norm(x, scale['scale'], scale['bias'])
     elif self.kind == 'rms':
       x = nn.RMSNorm(epsilon=1e-3)(x)
     elif self.kind != 'none':
       raise ValueError(f'unknown norm {self.kind!r}: use layer, rms or none')
     return x.astype(dtype)
+
+
+@jax.custom_vjp
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array) -> jax.Array:
+  """LayerNorm over the last axis (epsilon 1e-3, float32) with a hand-written gradient."""
+  return _layer_norm_fwd(x, scale, bias)[0]
+
+
+def _layer_norm_fwd(x, scale, bias):
+  mean = jnp.mean(x, -1, keepdims=True)
+  var = jnp.maximum(jnp.mean(jnp.square(x), -1, keepdims=True) - jnp.square(mean), 0.0)
+  rstd = jax.lax.rsqrt(var + 1e-3)
+  normed = (x - mean) * rstd
+  return normed * scale + bias, (normed, rstd, scale)
+
+
+def _layer_norm_bwd(residuals, g):
+  normed, rstd, scale = residuals
+  lead = tuple(range(g.ndim - 1))
+  gs = g * scale
+  dx = rstd * (gs - jnp.mean(gs, -1, keepdims=True) -
+               normed * jnp.mean(gs * normed, -1, keepdims=True))
+  return dx, jnp.sum(g * normed, lead), jnp.sum(g, lead)
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class Dense(nn.Module):

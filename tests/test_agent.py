@@ -242,6 +242,25 @@ def test_patch_conv_equals_conv(size, kernel, stride, pad):
     np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-4)
 
 
+def test_layer_norm_matches_flax():
+  """`nets.layer_norm` (hand-written gradient) against flax's LayerNorm: values and gradients for
+  input, scale and bias; `Norm('layer')` keeps flax's parameter names."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 7)) * 3.0 + 1.0
+  reference = nn.LayerNorm(epsilon=1e-3)
+  params = reference.init(jax.random.PRNGKey(1), x)['params']
+  params = {'scale': params['scale'] + 0.3, 'bias': params['bias'] - 0.2}
+  cotangent = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+  want_fn = lambda x, p: reference.apply({'params': p}, x)  # noqa: E731
+  got_fn = lambda x, p: nets.layer_norm(x, p['scale'], p['bias'])  # noqa: E731
+  np.testing.assert_allclose(got_fn(x, params), want_fn(x, params), atol=1e-5)
+  grads = [jax.grad(lambda x, p, f=f: jnp.sum(f(x, p) * cotangent), (0, 1))(x, params)
+           for f in (want_fn, got_fn)]
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, atol=1e-5), *grads)
+  shapes = jax.tree.map(jnp.shape, nets.Norm('layer').init(jax.random.PRNGKey(0), x))
+  assert shapes == {'params': {'LayerNorm_0': {'bias': (7,), 'scale': (7,)}}}
+
+
 def test_space_to_depth_kernel_matches_strided_conv():
   """A stride-2 4x4 convolution equals a stride-1 2x2 one over the space-to-depth input."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
