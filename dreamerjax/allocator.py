@@ -1,6 +1,6 @@
 """Runs the entry scripts under jemalloc when it is installed (`apt install libjemalloc2`).
 
-XLA:CPU takes each execution's temporary buffer (4.3 GB for the 12m image train step) from malloc
+XLA:CPU takes each execution's temporary buffer (3.4 GB for the 12m image train step) from malloc
 and frees it when the step ends. glibc serves a request that large with a fresh mmap and returns
 it with munmap, so every step faults about a million zeroed pages back in: 3-4 s of kernel time per
 12m step on the 2-core development host. jemalloc, told never to purge freed pages (`MALLOC_CONF`
