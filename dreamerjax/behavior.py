@@ -140,7 +140,7 @@ class ActorCritic:
   def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
                  starts, start_cont, key):
     """Actor loss with imagination inside, so gradients can flow through the dynamics (dynamics
-    backprop; `policy_loss` alone serves REINFORCE, see `Agent.behavior_update`)."""
+    backprop; REINFORCE differentiates `policy_loss` instead, see `actor_value_and_grad`)."""
     trajectory = self.rollout(sg(wm_params), actor_params, starts, key)
     outputs = self.actor.apply(actor_params, sg(trajectory[0][:, :-1]))
     return self.policy_loss(outputs, wm_params, critic_params, slow_critic_params, return_norm,

@@ -31,9 +31,9 @@ class Norm(nn.Module):
     x = x.astype(jnp.float32)
     if self.kind == 'layer':
       # The parameters nn.LayerNorm would create (same names, shapes and initial values).
-      scale = self.param('LayerNorm_0', lambda key: {
+      affine = self.param('LayerNorm_0', lambda key: {
           'scale': jnp.ones(x.shape[-1]), 'bias': jnp.zeros(x.shape[-1])})
-      x = layer_norm(x, scale['scale'], scale['bias'])
+      x = layer_norm(x, affine['scale'], affine['bias'])
     elif self.kind == 'rms':
       x = nn.RMSNorm(epsilon=1e-3)(x)
     elif self.kind != 'none':
@@ -238,7 +238,7 @@ rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
 def _window_sum(z: jax.Array, k: int) -> jax.Array:
   """`[N, H, W, k*k, O]` -> `[N, H-k+1, W-k+1, O]`: output `(i, j)` sums tap `(a, b)` of input
   pixel `(i + a, j + b)`."""
-  n, h, w = z.shape[:3]
+  h, w = z.shape[1:3]
   out_h, out_w = h - k + 1, w - k + 1
   return sum(z[:, a:a + out_h, b:b + out_w, a * k + b] for a in range(k) for b in range(k))
 
