@@ -99,8 +99,10 @@ class Agent:
                             slow_critic=state.slow_critic, return_norm=state.return_norm)
       behavior_losses, behavior_metrics = [], {}
     else:
+      replay = dict(features=jax.lax.stop_gradient(features),
+                    **{k: batch[k] for k in ('reward', 'is_terminal', 'is_last')})
       behavior_state, behavior_losses, behavior_metrics = self.behavior_update(
-          state, params['world_model'], starts, start_cont, img_key)
+          state, params['world_model'], starts, start_cont, img_key, replay)
 
     new_state = TrainState(
         params={'world_model': wm_params, **behavior_state['params']},
@@ -116,8 +118,10 @@ class Agent:
     return new_state, metrics
 
   def behavior_update(self, state: TrainState, wm_params, starts: dict,
-                      start_cont: jax.Array, img_key: jax.Array):
+                      start_cont: jax.Array, img_key: jax.Array, replay: dict | None = None):
     """Actor and critic updates from imagination starting at `starts` (`ActorCritic.starts`).
+    `replay` (posterior `features [B, T, F]`, `reward`, `is_terminal`, `is_last`) adds the
+    replay-return critic loss when `agent.replay_critic > 0`.
 
     Returns `(fields, losses, metrics)`: the new `params`/`opt_state` (actor, critic),
     `slow_critic` and `return_norm`; the losses to check for finiteness; metrics.
@@ -128,9 +132,13 @@ class Agent:
         state.return_norm, starts, start_cont, img_key)
     actor_params, actor_opt, actor_norm = _update(self.optimizers['actor'], actor_grads,
                                                   state.opt_state['actor'], params['actor'])
+    replay_targets = None
+    if replay is not None and self.config.agent.replay_critic > 0:
+      boot = aux['returns'][:, 0].reshape(replay['reward'].shape)
+      replay_targets = behavior.replay_targets(state.slow_critic, replay, boot)
     (critic_loss, critic_metrics), critic_grads = jax.value_and_grad(
         behavior.critic_loss, has_aux=True)(params['critic'], aux['features'], aux['returns'],
-                                            aux['weight'], aux['slow_value'])
+                                            aux['weight'], aux['slow_value'], replay_targets)
     critic_params, critic_opt, critic_norm = _update(self.optimizers['critic'], critic_grads,
                                                      state.opt_state['critic'], params['critic'])
     rate = self.config.agent.slow_critic_rate

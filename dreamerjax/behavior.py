@@ -98,7 +98,8 @@ class ActorCritic:
     a = self.config
     wm = self.world_model
     reward = wm.reward(wm_params, features[:, 1:])
-    cont = (wm.cont_logits(wm_params, features[:, 1:]) > 0).astype(jnp.float32)
+    logits = wm.cont_logits(wm_params, features[:, 1:])
+    cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
     cont = jnp.concatenate([start_cont[:, None], cont], 1)
     # The critic's loss runs the critic on `features[:, :-1]`; the same product here lets XLA
     # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
@@ -191,18 +192,55 @@ class ActorCritic:
                         **bc_metrics})
     return loss, aux
 
-  def critic_loss(self, critic_params, features, returns, weight, slow_value):
+  def replay_targets(self, slow_critic_params, replay: dict, boot: jax.Array) -> dict:
+    """Targets of the critic along the replayed sequences (`replay`: posterior `features
+    [B, T, F]`, `reward`, `is_terminal`, `is_last [B, T]`), gradients stopped.
+
+    Lambda returns over the real rewards and terminals, bootstrapped at every step by `boot
+    [B, T]`, the imagined return from that replayed state: `R_t = r_{t+1} + discount * (1 -
+    terminal_{t+1}) * ((1 - mix) * boot_{t+1} + mix * R_{t+1})` with `mix = lam * (1 -
+    last_{t+1})`, so no return chains past an episode's end and a time-limit end bootstraps.
+    Returns `returns [B, T-1]`, `weight [B, T-1]` (0 on a last step) and the slow critic's
+    values there (None without the regularizer)."""
+    a = self.config
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    live = a.discount * (1.0 - f32(replay['is_terminal']))
+    mix = a.lam * (1.0 - f32(replay['is_last']))
+    returns = ops.lambda_returns(f32(replay['reward'])[:, 1:].T, live[:, 1:].T, boot.T,
+                                 mix[:, 1:].T).T
+    slow_value = None
+    if a.slow_critic_reg > 0:
+      slow_value = self.value(slow_critic_params, replay['features'][:, :-1])
+    return sg(dict(features=replay['features'], returns=returns,
+                   weight=1.0 - f32(replay['is_last'])[:, :-1], slow_value=slow_value))
+
+  def critic_loss(self, critic_params, features, returns, weight, slow_value, replay=None):
     """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them;
-    None when `slow_critic_reg` is 0)."""
+    None when `slow_critic_reg` is 0). `replay`: `replay_targets`, for the replay-return loss
+    (weighted by `agent.replay_critic`)."""
     a = self.config
     outputs = self.critic.apply(critic_params, features[:, :-1])
+    loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
+    metrics = {'ac/critic_loss': loss}
+    if replay is not None:
+      outputs = self.critic.apply(critic_params, replay['features'][:, :-1])
+      replay_loss = jnp.mean(replay['weight'] * self._value_loss(
+          outputs, replay['returns'], replay['slow_value'], offset=0))
+      loss += a.replay_critic * replay_loss
+      metrics['ac/replay_critic_loss'] = replay_loss
+      metrics['ac/replay_return_mean'] = jnp.mean(replay['returns'])
+    return loss, metrics
+
+  def _value_loss(self, outputs, returns, slow_value, offset=1):
+    """The critic's loss toward `returns` plus the slow-critic regularizer (`slow_value` has
+    `offset` more steps than `returns`; the extra last ones are dropped)."""
+    a = self.config
     loss = heads.scalar_loss(a.critic_head, outputs, returns, self.world_model.bins)
     if a.slow_critic_reg > 0:
-      slow_value = slow_value[:, :-1]
+      slow_value = slow_value[:, :slow_value.shape[1] - offset]
       loss += a.slow_critic_reg * heads.scalar_loss(a.critic_head, outputs, slow_value,
                                                     self.world_model.bins)
-    loss = jnp.mean(weight * loss)
-    return loss, {'ac/critic_loss': loss}
+    return loss
 
 
 def sign_of_advantage(log_prob: jax.Array, advantage: jax.Array, weight: jax.Array,

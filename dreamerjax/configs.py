@@ -187,6 +187,13 @@ def base() -> ml_collections.ConfigDict:
   c.agent.return_norm = _placeholder(str)
   c.agent.return_norm_decay = 0.99
   c.agent.return_norm_percentiles = (5.0, 95.0)
+  # How imagination discounts by the continue head: 'prob' (its probability, as the 2024 public
+  # DreamerV3 code and DreamerV2) or 'mode' (a hard 0/1 at probability 0.5, as the 2023 code).
+  c.agent.imag_cont = 'prob'
+  # Weight of a second critic loss on lambda returns along the replayed sequences, with their
+  # real rewards and terminals, bootstrapped by the imagined returns (the 2024 code's `repval`,
+  # 0.3 there); 0 disables it.
+  c.agent.replay_critic = 0.0
   c.agent.bc_weight = _placeholder(float)        # behaviour cloning toward the data's actions
   c.agent.actor_objective = _placeholder(str)    # reinforce (with actor_grad_mix) or sign
   c.agent.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
@@ -379,6 +386,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                     f'--config.model.blocks={model.blocks}')
   if not 0.0 <= agent.lam <= 1.0 or not 0.0 < agent.discount <= 1.0:
     problems.append('--config.agent.lam must be in [0, 1] and --config.agent.discount in (0, 1]')
+  if agent.imag_cont not in ('prob', 'mode'):
+    problems.append(f'--config.agent.imag_cont must be prob or mode (got {agent.imag_cont!r})')
+  if agent.replay_critic < 0:
+    problems.append(f'--config.agent.replay_critic must be >= 0 (got {agent.replay_critic})')
   if agent.return_norm not in ('percentile', 'none'):
     problems.append(f'--config.agent.return_norm must be percentile or none '
                     f'(got {agent.return_norm!r})')

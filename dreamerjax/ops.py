@@ -80,7 +80,8 @@ def twohot_loss(logits: jax.Array, target: jax.Array, bins: jax.Array) -> jax.Ar
   return -jnp.sum(weights * jax.nn.log_softmax(logits.astype(jnp.float32), -1), -1)
 
 
-def lambda_returns(reward: jax.Array, cont: jax.Array, value: jax.Array, lam: float) -> jax.Array:
+def lambda_returns(reward: jax.Array, cont: jax.Array, value: jax.Array,
+                   lam: float | jax.Array) -> jax.Array:
   """TD(lambda) returns, computed backwards in time.
 
   `R_t = r_t + cont_t * ((1 - lam) * v_{t+1} + lam * R_{t+1})` with `R_T = v_T`.
@@ -89,19 +90,23 @@ def lambda_returns(reward: jax.Array, cont: jax.Array, value: jax.Array, lam: fl
     reward: `[T, ...]` reward received on the transition t -> t+1.
     cont: `[T, ...]` continuation times discount for that transition.
     value: `[T+1, ...]` value estimates v_0 ... v_T.
-    lam: the lambda mixing coefficient.
+    lam: the lambda mixing coefficient, a number or `[T, ...]` per transition (0 where the
+      return must not chain past `t + 1`, e.g. at a time-limit end: there `R_t` bootstraps
+      from `v_{t+1}` alone).
   Returns:
     `[T, ...]` returns R_0 ... R_{T-1}.
   """
   if value.shape[0] != reward.shape[0] + 1:
     raise ValueError(f'value needs one more step than reward: {value.shape} vs {reward.shape}')
 
+  lam = jnp.broadcast_to(jnp.asarray(lam, reward.dtype), reward.shape)
+
   def backward(next_return, inputs):
-    r, c, next_value = inputs
-    ret = r + c * ((1.0 - lam) * next_value + lam * next_return)
+    r, c, next_value, mix = inputs
+    ret = r + c * ((1.0 - mix) * next_value + mix * next_return)
     return ret, ret
 
-  _, returns = jax.lax.scan(backward, value[-1], (reward, cont, value[1:]), reverse=True)
+  _, returns = jax.lax.scan(backward, value[-1], (reward, cont, value[1:], lam), reverse=True)
   return returns
 
 
