@@ -4,7 +4,7 @@
         --workdir=runs/breakout
 """
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 SUITE = {
     'task': 'Breakout-v5',

@@ -7,7 +7,7 @@
 The 26 games are `GAMES`; `experiments/sweeps/atari100k.py` runs all of them over seeds.
 """
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 GAMES = ('Alien-v5', 'Amidar-v5', 'Assault-v5', 'Asterix-v5', 'BankHeist-v5', 'BattleZone-v5',
          'Boxing-v5', 'Breakout-v5', 'ChopperCommand-v5', 'CrazyClimber-v5', 'DemonAttack-v5',

@@ -10,7 +10,7 @@ The default is the CPU-sized DreamerV3 run that `make train` launches (CartPole 
 about 400 or more in under 15 minutes on 2 CPU cores).
 """
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 TASKS = ('CartPole-v1', 'Acrobot-v1', 'Pendulum-v1', 'MountainCar-v0')
 

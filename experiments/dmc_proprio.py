@@ -9,7 +9,7 @@ DreamerV3 counts 500k env steps with action repeat 2 for DMC; envpool's DMC task
 agent step (frame skip 1) here, so `run.steps` counts agent steps.
 """
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 TASKS = ('AcrobotSwingup-v1', 'BallInCupCatch-v1', 'CartpoleBalance-v1',
          'CartpoleBalanceSparse-v1', 'CartpoleSwingup-v1', 'CartpoleSwingupSparse-v1',

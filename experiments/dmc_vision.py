@@ -8,7 +8,7 @@ Rendering needs an OpenGL library on the machine (Debian: `apt-get install libeg
 On a 2-core CPU, software rendering limits collection to about 100 env steps/s.
 """
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 SUITE = {
     'task': 'WalkerWalk-v1',

@@ -13,14 +13,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreamerjax import allocator  # noqa: E402
+from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
 from absl import app, flags, logging  # noqa: E402
 
-from dreamerjax import benchmark, configs  # noqa: E402
-from dreamerjax.logger import quiet_library_logs  # noqa: E402
+from dreamerjax.analysis import benchmark  # noqa: E402
+from dreamerjax.run import configs  # noqa: E402
+from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _OUT = flags.DEFINE_string('out', 'benchmarks', 'Output directory.')

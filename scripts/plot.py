@@ -12,8 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from dreamerjax import plots  # noqa: E402
-from dreamerjax.logger import RETURN_KEY  # noqa: E402
+from dreamerjax.analysis import plots  # noqa: E402
+from dreamerjax.run.logger import RETURN_KEY  # noqa: E402
 
 _ROOT = flags.DEFINE_string('root', None, 'Sweep folder (one run folder per subfolder).')
 _OUT = flags.DEFINE_string('out', None, 'PNG path; default <root>/curves.png.')

@@ -11,14 +11,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreamerjax import allocator  # noqa: E402
+from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
 from absl import app, flags, logging  # noqa: E402
 
-from dreamerjax import probes  # noqa: E402
-from dreamerjax.logger import quiet_library_logs  # noqa: E402
+from dreamerjax.analysis import probes  # noqa: E402
+from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a trained run (with checkpoints/).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: <workdir>/probes).')

@@ -1,4 +1,4 @@
-"""Records an offline dataset (chunked .npz + manifest.json; see dreamerjax/dataset.py).
+"""Records an offline dataset (chunked .npz + manifest.json; see dreamerjax/data/dataset.py).
 
     # a random policy on an experiment's task
     python scripts/record.py --source=random --config=experiments/classic.py:task=CartPole-v1 \
@@ -18,15 +18,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreamerjax import allocator  # noqa: E402
+from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax import configs, record  # noqa: E402
-from dreamerjax.logger import quiet_library_logs  # noqa: E402
+from dreamerjax.run import configs, record  # noqa: E402
+from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _SOURCE = flags.DEFINE_enum('source', 'random', ['random', 'checkpoint', 'replay'],
                             'What produces the trajectories.')

@@ -6,7 +6,7 @@
 
 Finished runs are skipped and unfinished ones resumed, so the same command continues a sweep.
 Each run logs to <root>/<name>/train.log; failed runs are listed at the end (exit status 1).
-On a multi-host TPU slice run it on every worker (see dreamerjax/sweeps.py for the command).
+On a multi-host TPU slice run it on every worker (see dreamerjax/run/sweeps.py for the command).
 """
 
 import os
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from dreamerjax import sweeps  # noqa: E402
+from dreamerjax.run import sweeps  # noqa: E402
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, e.g. experiments/sweeps/atari100k.py.')
 _ROOT = flags.DEFINE_string('root', None, 'Sweep folder; each run gets <root>/<name>.')

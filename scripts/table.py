@@ -4,7 +4,7 @@
     python scripts/table.py --root=runs/atari100k --final_fraction=0.05 --out=/tmp/table
 
 The protocol (score = mean episode return over the last 10% of the budget, mean and std over
-seeds, stratified bootstrap intervals) is stated in the table; see dreamerjax/tables.py.
+seeds, stratified bootstrap intervals) is stated in the table; see dreamerjax/analysis/tables.py.
 """
 
 import os
@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from dreamerjax import tables  # noqa: E402
-from dreamerjax.logger import RETURN_KEY  # noqa: E402
+from dreamerjax.analysis import tables  # noqa: E402
+from dreamerjax.run.logger import RETURN_KEY  # noqa: E402
 
 _ROOT = flags.DEFINE_string('root', None, 'Sweep folder (one run folder per subfolder).')
 _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default <root>/table.')

@@ -18,15 +18,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreamerjax import allocator  # noqa: E402
+from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax import parallel, train  # noqa: E402
-from dreamerjax.logger import quiet_library_logs  # noqa: E402
+from dreamerjax.run import parallel, train  # noqa: E402
+from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment file and options, e.g. experiments/classic.py:task=CartPole-v1.',

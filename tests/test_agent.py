@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax import configs, nets
-from dreamerjax.agent import Agent, check_finite
+from dreamerjax.agents.agent import Agent, check_finite
+from dreamerjax.models import nets
+from dreamerjax.run import configs
 
 B, T = 3, 8
 
@@ -299,7 +300,7 @@ def test_block_linear_shared_input_equals_repeated_input():
 
 def test_matmul_flops_counts_every_loop_iteration():
   """2 FLOPs per multiply-add; a scan body counts once per step, a cond its dearest branch."""
-  from dreamerjax import benchmark
+  from dreamerjax.analysis import benchmark
 
   def f(w, xs):
     _, ys = jax.lax.scan(lambda c, x: (c, x @ w), 0.0, xs)      # 5 x [2,3]@[3,4]: 5 * 48

@@ -1,4 +1,4 @@
-"""The jemalloc re-execution of the entry scripts (dreamerjax/allocator.py)."""
+"""The jemalloc re-execution of the entry scripts (dreamerjax/run/allocator.py)."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from dreamerjax import allocator
+from dreamerjax.run import allocator
 
 LIB = '/opt/lib/libjemalloc.so.2'
 
@@ -41,7 +41,7 @@ def test_find_jemalloc_explicit_and_conda(tmp_path):
   assert allocator.find_jemalloc({'CONDA_PREFIX': str(tmp_path)}) == str(library)
 
 
-_PROBE = ('from dreamerjax import allocator; allocator.use_jemalloc(); import sys; '
+_PROBE = ('from dreamerjax.run import allocator; allocator.use_jemalloc(); import sys; '
           'print(int("jemalloc" in open("/proc/self/maps").read()), sys.argv[1:])')
 
 

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax import replay
-from dreamerjax.checkpoint import Checkpointer
+from dreamerjax.data import replay
+from dreamerjax.run.checkpoint import Checkpointer
 
 # A failed orbax restore leaves coroutines that are garbage-collected later (possibly during
 # another test) and reported as unraisable exceptions; the failures themselves are asserted.
@@ -151,7 +151,7 @@ def test_restore_unsharded_save_onto_eight_devices(tmp_path, run_with_devices):
     output = run_with_devices(f'''
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec
-        from dreamerjax.checkpoint import Checkpointer
+        from dreamerjax.run.checkpoint import Checkpointer
         state = {{'weight': jnp.arange(32.0).reshape(16, 2), 'data': np.arange(16, dtype=np.int32),
                  'step': jnp.int32(3), 'rng': jax.random.key(5)}}
         checkpointer = Checkpointer({str(tmp_path)!r})

@@ -1,4 +1,4 @@
-"""Tests for dreamerjax.envs (envpool adapters in the Dreamer step convention)."""
+"""Tests for dreamerjax.data.envs (envpool adapters in the Dreamer step convention)."""
 
 import ctypes
 import subprocess
@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dreamerjax import envs
+from dreamerjax.data import envs
 
 STEP_KEYS = ("reward", "is_first", "is_last", "is_terminal")
 
@@ -234,7 +234,7 @@ def _run_python(code):
 def test_dmc_pixels_subprocess():
     proc = _run_python("""
         import numpy as np
-        from dreamerjax import envs
+        from dreamerjax.data import envs
         env = envs.make_env('CartpoleBalance-v1', 2, seed=0, from_pixels=True, size=(64, 64))
         assert env.obs_space == {'image': ((64, 64, 3), np.dtype(np.uint8))}, env.obs_space
         out = env.reset()
@@ -254,7 +254,7 @@ def test_dmc_pixels_subprocess():
 def test_dmc_pixels_after_foreign_envpool_import_raises():
     proc = _run_python("""
         import envpool  # imported before any GL library: rendering would kill the process
-        from dreamerjax import envs
+        from dreamerjax.data import envs
         try:
             envs.make_env('CartpoleBalance-v1', 1, seed=0, from_pixels=True)
         except RuntimeError as exc:

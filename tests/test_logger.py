@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from dreamerjax import logger as logger_lib
-from dreamerjax.logger import Logger, plot_curve, read_metrics
+from dreamerjax.run import logger as logger_lib
+from dreamerjax.run.logger import Logger, plot_curve, read_metrics
 
 
 class FakeClock:

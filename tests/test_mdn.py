@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax import cmaes, mdn, vae
+from dreamerjax.agents import cmaes
+from dreamerjax.models import mdn, vae
 
 
 def _stats(logits, means, stds):

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from dreamerjax import configs, dataset, envs, logger, offline, record, replay, train
+from dreamerjax.data import dataset, envs, replay
+from dreamerjax.run import configs, logger, offline, record, train
 from tests.test_planet import check_probes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

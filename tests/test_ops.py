@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax import dists, ops
+from dreamerjax.models import dists, ops
 
 
 def test_symlog_symexp_values():

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from dreamerjax import benchmark, configs, logger, parallel, train
-from dreamerjax.agent import Agent
+from dreamerjax.agents.agent import Agent
+from dreamerjax.analysis import benchmark
+from dreamerjax.run import configs, logger, parallel, train
 from tests.conftest import REPOSITORY_ROOT, TEST_XLA_FLAGS
 from tests.test_train import debug_config
 
@@ -22,8 +23,9 @@ from tests.test_train import debug_config
 AGENT_SNIPPET = '''
     import jax, numpy as np
     jax.config.update('jax_default_matmul_precision', 'highest')
-    from dreamerjax import benchmark, configs, parallel
-    from dreamerjax.agent import Agent
+    from dreamerjax.analysis import benchmark
+    from dreamerjax.run import configs, parallel
+    from dreamerjax.agents.agent import Agent
     config = configs.base()
     config.size = 'debug'
     configs.update(config, configs.DEBUG)
@@ -89,7 +91,7 @@ def test_tiny_run_on_8_devices(run_with_devices, tmp_path):
   output = run_with_devices(f'''
     import jax
     from jax.sharding import PartitionSpec as P
-    from dreamerjax import parallel, train
+    from dreamerjax.run import parallel, train
     from tests.test_train import debug_config
     config = debug_config(steps=160, envs=8, batch_size=8, log_every=40)
     config.run.transfer_guard = True
@@ -193,7 +195,7 @@ def test_seeds_in_one_run_equal_separate_runs_and_resume(tmp_path):
 
 def test_param_rule_that_does_not_divide_is_rejected(run_with_devices):
   output = run_with_devices('''
-      from dreamerjax import train
+      from dreamerjax.run import train
       from tests.test_train import debug_config
       config = debug_config(envs=3, batch_size=3)
       config.parallel.param_rules = (('actor/.*kernel$', ('data', None)),)
@@ -214,7 +216,7 @@ def _free_port() -> int:
 
 PROCESS_SNIPPET = '''
     import json, sys
-    from dreamerjax import parallel, train
+    from dreamerjax.run import parallel, train
     from tests.test_train import debug_config
     process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     parallel.initialize_distributed(f'127.0.0.1:{port}', 2, process_id)

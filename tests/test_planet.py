@@ -8,7 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from dreamerjax import configs, logger, openloop, planner, probes
+from dreamerjax.agents import planner
+from dreamerjax.analysis import probes
+from dreamerjax.models import openloop
+from dreamerjax.run import configs, logger
 from tests.test_train import train_script
 from tests.toy_models import ToyDynamics, ToyWorldModel, toy_batch
 

@@ -4,7 +4,7 @@ line up with the steps they predict."""
 import jax
 import numpy as np
 
-from dreamerjax import probes
+from dreamerjax.analysis import probes
 from tests.toy_models import ToyWorldModel, toy_batch
 
 

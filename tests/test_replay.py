@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax import replay
+from dreamerjax.data import replay
 
 # Each step stores `value = 1000 * env + time`, so a sampled row tells which env and which
 # times it came from.
@@ -151,7 +151,7 @@ def test_sharded_matches_unsharded_on_eight_devices(run_with_devices):
     output = run_with_devices('''
         import re
         import jax, jax.numpy as jnp, numpy as np
-        from dreamerjax import replay
+        from dreamerjax.data import replay
         assert jax.device_count() == 8
         mesh = jax.make_mesh((8,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
         spec = {'value': ((), jnp.int32), 'obs': ((2,), jnp.float32)}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dreamerjax import sweeps
+from dreamerjax.run import sweeps
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPOSITORY_ROOT / 'experiments' / 'sweeps'

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from dreamerjax import plots, published, tables
+from dreamerjax.analysis import plots, published, tables
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPOSITORY_ROOT.parent / 'shared' / 'reference'

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dreamerjax import configs, logger, train
+from dreamerjax.run import configs, logger, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,7 +150,7 @@ def test_incompatible_workdir_needs_force(tmp_path):
 
 def test_batch_not_divisible_by_devices(run_with_devices):
   output = run_with_devices('''
-      from dreamerjax import configs, train
+      from dreamerjax.run import configs, train
       config = configs.experiment('task=CartPole-v1,debug', {})
       config.run.batch_size = 6
       try:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_agent import B, T, make_agent, make_batch
 
-from dreamerjax import configs
+from dreamerjax.run import configs
 
 A = 3
 
@@ -167,7 +167,7 @@ def test_train_step_runs_and_compiles_once(obs_kind, discrete):
 
 
 def test_benchmark_matches_transformer_and_rssm_parameter_counts():
-  from dreamerjax import benchmark
+  from dreamerjax.analysis import benchmark
   model = benchmark.matched_transformer('debug')
   rssm = benchmark.dynamics_params(benchmark.bench_agent('debug', 'vector'))
   transformer = benchmark.dynamics_params(benchmark.bench_agent('debug', 'vector', 17, 'storm',

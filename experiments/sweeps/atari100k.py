@@ -8,7 +8,7 @@ The games are those of the bundled reference scores (dreamerjax/reference/atari1
 as envpool ids (envpool spells James Bond `Jamesbond-v5`).
 """
 
-from dreamerjax import published
+from dreamerjax.analysis import published
 
 
 def get_sweep():

@@ -9,7 +9,7 @@ The tasks are those of the bundled DreamerV3 summary
 (`ball_in_cup_catch` -> `BallInCupCatch-v1`). Model size and budget come from the suite file.
 """
 
-from dreamerjax import published
+from dreamerjax.analysis import published
 
 
 def get_sweep():

@@ -29,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax import dists, nets
-from dreamerjax.rssm import RSSM
+from dreamerjax.models import dists, nets
+from dreamerjax.models.rssm import RSSM
 
 NEG_INF = -1e9
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax import ops
+from dreamerjax.models import ops
 
 
 def activation(name: str):

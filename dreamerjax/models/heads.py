@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dreamerjax import ops
+from dreamerjax.models import ops
 
 
 def scalar_outputs(kind: str, bins: int) -> int:

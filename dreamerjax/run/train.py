@@ -22,11 +22,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dreamerjax import configs, envs, openloop, parallel, replay
-from dreamerjax.agent import Agent, check_finite
-from dreamerjax.checkpoint import Checkpointer
-from dreamerjax.envgroup import EnvGroup
-from dreamerjax.logger import Logger, eval_metrics, plot_curve
+from dreamerjax.agents.agent import Agent, check_finite
+from dreamerjax.data import envs, replay
+from dreamerjax.data.envgroup import EnvGroup
+from dreamerjax.models import openloop
+from dreamerjax.run import configs, parallel
+from dreamerjax.run.checkpoint import Checkpointer
+from dreamerjax.run.logger import Logger, eval_metrics, plot_curve
 
 # Keys that may change when a run is resumed: they extend or re-time the run, not change it.
 RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every',
@@ -314,10 +316,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh(config.parallel.devices)
   configs.validate(config, mesh.size)
   if config.run.mode == 'offline':  # from a recorded dataset; the env only for evaluation
-    from dreamerjax import offline  # offline builds on this module
+    from dreamerjax.run import offline  # offline builds on this module
     return offline.run(config, workdir)
   if config.variant == 'worldmodels':  # trained in stages, not by this online loop
-    from dreamerjax import worldmodels
+    from dreamerjax.agents import worldmodels
     return worldmodels.run(config, workdir)
   layout = parallel.Layout(mesh, config.num_seeds)
   run_config = config.run

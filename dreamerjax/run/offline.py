@@ -16,10 +16,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from dreamerjax import configs, dataset, parallel, replay, train
-from dreamerjax.agent import Agent, check_finite
-from dreamerjax.checkpoint import Checkpointer
-from dreamerjax.logger import EVAL_RETURN_KEY, Logger, eval_metrics, plot_curve
+from dreamerjax.agents.agent import Agent, check_finite
+from dreamerjax.data import dataset, replay
+from dreamerjax.run import configs, parallel, train
+from dreamerjax.run.checkpoint import Checkpointer
+from dreamerjax.run.logger import EVAL_RETURN_KEY, Logger, eval_metrics, plot_curve
 
 
 def add_many(replay_state: replay.ReplayState, steps: dict) -> replay.ReplayState:

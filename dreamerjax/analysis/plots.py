@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
-from dreamerjax import published, tables
-from dreamerjax.logger import METRICS_FILE, RETURN_KEY, read_metrics
+from dreamerjax.analysis import published, tables
+from dreamerjax.run.logger import METRICS_FILE, RETURN_KEY, read_metrics
 
 BANDS = ('minmax', 'std')
 

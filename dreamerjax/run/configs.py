@@ -343,7 +343,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ValueError naming the flag to change for values that cannot work on `num_devices`
   devices of the data axis (over all processes: each process steps its share of the envs)."""
-  from dreamerjax import parallel  # imports jax; keep this module light
+  from dreamerjax.run import parallel  # imports jax; keep this module light
 
   run = config.run
   problems = []

@@ -47,10 +47,10 @@ import subprocess
 import sys
 import time
 
-from dreamerjax import configs
-from dreamerjax.logger import METRICS_FILE, read_metrics
+from dreamerjax.run import configs
+from dreamerjax.run.logger import METRICS_FILE, read_metrics
 
-REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = 'scripts/train.py'
 CONFIG_FILE = 'config.json'
 LOG_FILE = 'train.log'

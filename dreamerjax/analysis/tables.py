@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from dreamerjax import published
-from dreamerjax.logger import METRICS_FILE, RETURN_KEY, read_metrics
+from dreamerjax.analysis import published
+from dreamerjax.run.logger import METRICS_FILE, RETURN_KEY, read_metrics
 
 CONFIG_FILE = 'config.json'
 FINAL_FRACTION = 0.1

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from tensorflow_probability.substrates import jax as tfp
 
-from dreamerjax import ops
+from dreamerjax.models import ops
 
 tfd = tfp.distributions
 

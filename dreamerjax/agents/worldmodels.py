@@ -11,10 +11,10 @@ actor-critic work on them unchanged:
   the `WorldModel` methods the agent, planner and diagnostics use.
 
 `run(config, workdir)` runs the paper's stages: record random-policy rollouts (into the replay
-buffer of `dreamerjax.replay`), train the VAE with the ELBO, train the MDN-RNN on the frozen VAE's
-latents, then train a linear controller `a = W [z, h] + b` with CMA-ES inside the dream (or, with
-`agent.policy=actor_critic`, the latent actor-critic of `behavior.py`), and evaluate it on the real
-env. Metrics go to `metrics.jsonl` with `step` counting updates over all stages.
+buffer of `dreamerjax.data.replay`), train the VAE with the ELBO, train the MDN-RNN on the frozen
+VAE's latents, then train a linear controller `a = W [z, h] + b` with CMA-ES inside the dream
+(or, with `agent.policy=actor_critic`, the latent actor-critic of `behavior.py`), and evaluate it
+on the real env. Metrics go to `metrics.jsonl` with `step` counting updates over all stages.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from dreamerjax import cmaes, heads, mdn, nets, ops, replay, vae
-from dreamerjax.logger import EVAL_RETURN_KEY, eval_metrics
-from dreamerjax.planner import sequence_return
-from dreamerjax.rssm import RSSM
+from dreamerjax.agents import cmaes
+from dreamerjax.agents.planner import sequence_return
+from dreamerjax.data import replay
+from dreamerjax.models import heads, mdn, nets, ops, vae
+from dreamerjax.models.rssm import RSSM
+from dreamerjax.run.logger import EVAL_RETURN_KEY, eval_metrics
 
 IMAGE, VECTOR = 'image', 'vector'
 
@@ -265,7 +267,7 @@ def dream_return(model: WorldModelsModel, params, theta, starts: jax.Array, hori
 
 def record(env, num_envs: int, episodes: int, max_steps: int, discrete: bool, seed: int):
   """Random-policy rollouts into a replay buffer: `(replay_state, env steps, finished returns)`."""
-  from dreamerjax import train  # the loop's helpers; train imports this module lazily too
+  from dreamerjax.run import train  # the loop's helpers; train imports this module lazily too
 
   spec = train.replay_spec(env)
   action_size = env.act_space.num_actions
@@ -333,7 +335,7 @@ def initial_carry(model: WorldModelsModel, count: int) -> dict:
 def _latent_actor_critic(config: ml_collections.ConfigDict, model: WorldModelsModel,
                          discrete: bool):
   """The `agent.policy=actor_critic` controller: the latent actor-critic on [z, h]."""
-  from dreamerjax.behavior import ActorCritic
+  from dreamerjax.agents.behavior import ActorCritic
   return ActorCritic(model, discrete, model.action_size, config.agent, config.model)
 
 
@@ -349,7 +351,7 @@ def controller_policy(config: ml_collections.ConfigDict, model: WorldModelsModel
 def restore(workdir: str, config: ml_collections.ConfigDict, obs_space: dict, discrete: bool,
             action_size: int) -> tuple[int, WorldModelsModel, dict, dict]:
   """The newest checkpoint of a World Models run: `(step, model, params, controller)`."""
-  from dreamerjax.checkpoint import Checkpointer
+  from dreamerjax.run.checkpoint import Checkpointer
 
   model = WorldModelsModel(obs_space, action_size, config)
   params = jax.eval_shape(model.init, jax.random.key(0))
@@ -395,9 +397,9 @@ def evaluate(make_env, act, make_carry, episodes: int, seed: int,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """The World Models stages on `config.task` (config resolved and validated); see module doc."""
-  from dreamerjax import train
-  from dreamerjax.checkpoint import Checkpointer
-  from dreamerjax.logger import Logger, plot_curve
+  from dreamerjax.run import train
+  from dreamerjax.run.checkpoint import Checkpointer
+  from dreamerjax.run.logger import Logger, plot_curve
 
   start_time = time.monotonic()
   w, optim = config.worldmodels, config.optim
@@ -499,7 +501,7 @@ def _train_cmaes(config, model, params, replayed, discrete, action_size, key, lo
 def _train_actor_critic(config, model, params, replayed, discrete, action_size, key, log,
                         evaluate_policy) -> dict:
   """The latent actor-critic (`behavior.py`) trained in the dream of the frozen MDN-RNN."""
-  from dreamerjax.agent import Agent
+  from dreamerjax.agents.agent import Agent
 
   agent = Agent(config, model.obs_space, discrete, action_size, model=model)
   state = agent.init(key)

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamerjax import nets
-from dreamerjax.openloop import rollout_actions
+from dreamerjax.models import nets
+from dreamerjax.models.openloop import rollout_actions
 
 FILTERED = 0  # horizon key of the posterior features
 
@@ -144,7 +144,7 @@ def collect(act, initial_carry, env_action, config, steps: int, num_envs: int,
   """Streams `[N, T, ...]` of obs, action, reward, is_first and the ground truth (`truth/<name>`)
   from `num_envs` envs acting with `act(carry, obs, key) -> (carry, model action)` (the run's own
   policy); `env_action` maps model actions to the env's."""
-  from dreamerjax import train
+  from dreamerjax.run import train
 
   env = train.make_env(config, num_envs, seed)
   try:
@@ -168,12 +168,12 @@ def restore_subject(workdir: str) -> dict:
   """What probes need from any run (online or offline Dreamer-family agents, PlaNet, World
   Models): `world_model`, its `params`, the run's policy as `act`/`initial_carry`/`env_action`
   (see `collect`), the checkpoint `step`, the `config` and a `title`."""
-  from dreamerjax import train
+  from dreamerjax.run import train
 
   loaded = train.load_run(workdir)
   config, agent, _ = loaded
   if config.variant == 'worldmodels':
-    from dreamerjax import worldmodels
+    from dreamerjax.agents import worldmodels
 
     step, model, params, controller = worldmodels.restore(
         workdir, config, agent.obs_space, agent.discrete, agent.action_size)

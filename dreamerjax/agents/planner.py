@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dreamerjax.openloop import rollout_actions
+from dreamerjax.models.openloop import rollout_actions
 
 
 def sequence_return(rewards: jax.Array, conts: jax.Array, discount: float) -> jax.Array:

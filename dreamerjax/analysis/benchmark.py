@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax import allocator, configs, logger, nets, parallel, train
-from dreamerjax.agent import Agent
+from dreamerjax.agents.agent import Agent
+from dreamerjax.models import nets
+from dreamerjax.run import allocator, configs, logger, parallel, train
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
               'image': {'image': ((64, 64, 3), np.uint8)}}
@@ -199,9 +200,10 @@ def _subprocess_record(call: str, device_count: int | None = None) -> subprocess
     flags = environment.get('XLA_FLAGS', '').replace('--xla_force_host_platform_device_count', '')
     environment['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={device_count}'
     environment['JAX_PLATFORMS'] = 'cpu'
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   environment['PYTHONPATH'] = os.pathsep.join(filter(None, [root, environment.get('PYTHONPATH')]))
-  code = f'import json\nfrom dreamerjax import benchmark\nprint("RECORD", json.dumps({call}))'
+  code = ('import json\nfrom dreamerjax.analysis import benchmark\n'
+          f'print("RECORD", json.dumps({call}))')
   return subprocess.Popen([sys.executable, '-c', code], env=environment, cwd=root,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -7,7 +7,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dreamerjax import dataset, parallel, train
+from dreamerjax.data import dataset
+from dreamerjax.run import parallel, train
 
 
 def _writer(out: str, config, env, chunk_steps: int, source: dict) -> dataset.Writer:

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dreamerjax import dists, heads, nets, ops
-from dreamerjax.rssm import RSSM, RSSMCell
-from dreamerjax.transformer import Transformer, TransformerCore
+from dreamerjax.models import dists, heads, nets, ops
+from dreamerjax.models.rssm import RSSM, RSSMCell
+from dreamerjax.models.transformer import Transformer, TransformerCore
 from dreamerjax.types import Batch, Params
 
 IMAGE, VECTOR = 'image', 'vector'

@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from dreamerjax import envs
+from dreamerjax.data import envs
 
 
 class EnvGroup:

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dreamerjax import dists, heads, nets, ops
+from dreamerjax.models import dists, heads, nets, ops
+from dreamerjax.models.worldmodel import WorldModel
 from dreamerjax.types import ReturnNorm
-from dreamerjax.worldmodel import WorldModel
 
 sg = jax.lax.stop_gradient
 

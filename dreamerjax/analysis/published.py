@@ -28,7 +28,7 @@ CURVE_FILES = {
     'dmc_vision': 'dmc_vision_dreamerv3_2024_curves.json.gz',
 }
 # The Atari curves count frames (about 400k for the 100k-step budget); our `step` counts agent
-# steps, each of which is 4 frames (frame skip 4 in dreamerjax.envs).
+# steps, each of which is 4 frames (frame skip 4 in dreamerjax.data.envs).
 ATARI_FRAME_SKIP = 4
 CURVE_LABEL = 'DreamerV3 (2024 code)'
 

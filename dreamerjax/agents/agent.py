@@ -17,11 +17,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from dreamerjax import nets
-from dreamerjax.behavior import ActorCritic
-from dreamerjax.planner import Planner
+from dreamerjax.agents.behavior import ActorCritic
+from dreamerjax.agents.planner import Planner
+from dreamerjax.models import nets
+from dreamerjax.models.worldmodel import WorldModel
 from dreamerjax.types import Batch, Metrics, ReturnNorm, TrainState
-from dreamerjax.worldmodel import WorldModel
 
 
 def _optimizer(lr: float, eps: float, clip: float) -> optax.GradientTransformation:

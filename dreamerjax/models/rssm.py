@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax import dists, nets
+from dreamerjax.models import dists, nets
 
 
 class RSSMCell(nn.Module):

@@ -125,7 +125,7 @@ def _import_envpool(need_gl: bool = False) -> Any:
         preload_gl()  # raises the missing-library error if there is no GL library at all
         raise RuntimeError(
             "envpool was imported before an OpenGL library was loaded globally, so DMC "
-            "rendering would kill the process. Call dreamerjax.envs.preload_gl() (or create "
+            "rendering would kill the process. Call dreamerjax.data.envs.preload_gl() (or create "
             "the pixel env) before anything imports envpool, or run with "
             "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libEGL.so.1."
         )
@@ -291,15 +291,15 @@ def _unknown_task_error(task: str, families: dict[str, str]) -> ValueError:
     envpool = _import_envpool()
     if task in envpool.list_all_envs():
         return ValueError(
-            f"envpool task {task!r} is not supported by dreamerjax.envs; supported families "
+            f"envpool task {task!r} is not supported by dreamerjax.data.envs; supported families "
             "are Atari (*-v5, e.g. Pong-v5), DMC (*-v1, e.g. CheetahRun-v1) and classic "
-            "control (e.g. CartPole-v1). See dreamerjax.envs.known_tasks()."
+            "control (e.g. CartPole-v1). See dreamerjax.data.envs.known_tasks()."
         )
     close = difflib.get_close_matches(task, list(families), n=5, cutoff=0.5)
     hint = f"Did you mean one of: {', '.join(close)}? " if close else ""
     return ValueError(
         f"unknown task {task!r}. {hint}Pass an envpool id such as 'Pong-v5', "
-        "'CheetahRun-v1' or 'CartPole-v1'; dreamerjax.envs.known_tasks() lists all "
+        "'CheetahRun-v1' or 'CartPole-v1'; dreamerjax.data.envs.known_tasks() lists all "
         f"{len(families)} supported ids."
     )
 

@@ -1,0 +1,1 @@
+"""Experience: envpool environments, the replay buffer, offline datasets."""

@@ -1,0 +1,2 @@
+"""The networks and world models: layers, distributions, dynamics (RSSM, transformer),
+heads, the VAE and MDN parts, open-loop prediction."""

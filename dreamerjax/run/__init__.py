@@ -1,0 +1,2 @@
+"""Running: the config system, devices and sharding, logging, checkpoints, the training modes
+and sweeps."""
