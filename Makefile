@@ -1,4 +1,4 @@
-# dreamerjax: `make install`, `make test`, `make train`, `make bench`, `make lint`.
+# dreamerjax: `make install`, `make test`, `make train`, `make learning-check`, `make bench`, `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ WORKDIR ?= runs/cartpole
 ARGS ?=
 LINT_PATHS := $(wildcard dreamerjax scripts experiments tests)
 
-.PHONY: install train test bench lint clean distclean FORCE
+.PHONY: install train test bench lint learning-check clean distclean FORCE
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ train: install
 
 test: install
 	$(PY) -m pytest -q -n 2 tests
+
+# Trains the default on seeds 0 1 2 (one after another) and checks that each learns and holds.
+learning-check: install
+	$(PY) scripts/learning_check.py --root=runs/learning_check --out=results/learning_check $(ARGS)
 
 bench: install
 	$(PY) scripts/benchmark.py --out=benchmarks
