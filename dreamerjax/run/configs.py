@@ -54,7 +54,7 @@ VARIANTS = {
         model=dict(latent='categorical', unimix=0.01, free_nats=1.0, dyn_scale=0.5,
                    rep_scale=0.1, reward_head='twohot'),
         agent=dict(critic_head='twohot', actor_grad_mix=1.0, entropy=3e-4, slow_critic_reg=1.0,
-                   slow_critic_target=False, return_norm='percentile'),
+                   slow_critic_target=False, return_norm='percentile', replay_critic=0.3),
         optim=dict(model_lr=1e-4, actor_lr=3e-5, critic_lr=3e-5)),
     # DreamerV2 (Hafner et al. 2021): 32x32 categorical, KL balancing 0.8, mixed actor gradients
     # (REINFORCE for discrete actions, dynamics backprop for continuous), target critic.
@@ -103,7 +103,7 @@ VARIANTS['dreamerv4'] = {
     'agent': {**VARIANTS['dreamerv3']['agent'], 'bc_weight': 1.0, 'actor_objective': 'sign'}}
 # Values a variant may set; used where it does not.
 VARIANT_DEFAULTS = {'model': dict(dynamics='rssm'), 'run': dict(mode='online'),
-                    'agent': dict(bc_weight=0.0, actor_objective='reinforce')}
+                    'agent': dict(bc_weight=0.0, actor_objective='reinforce', replay_critic=0.0)}
 DYNAMICS = ('rssm', 'transformer')
 ACTOR_OBJECTIVES = ('reinforce', 'sign')
 
@@ -193,7 +193,7 @@ def base() -> ml_collections.ConfigDict:
   # Weight of a second critic loss on lambda returns along the replayed sequences, with their
   # real rewards and terminals, bootstrapped by the imagined returns (the 2024 code's `repval`,
   # 0.3 there); 0 disables it.
-  c.agent.replay_critic = 0.0
+  c.agent.replay_critic = _placeholder(float)
   c.agent.bc_weight = _placeholder(float)        # behaviour cloning toward the data's actions
   c.agent.actor_objective = _placeholder(str)    # reinforce (with actor_grad_mix) or sign
   c.agent.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
