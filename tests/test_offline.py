@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.data import dataset, envs, replay
-from dreamerjax.run import configs, logger, offline, record, train
+from dreamerjax.run import common, configs, logger, offline, record, train
 from tests.test_planet import check_probes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
                                       eval_episodes=1),
                           'env': dict(max_episode_steps=20)})
   evaluating, env_steps = [False], []
-  real_evaluate, real_step = train.evaluate, envs.VectorEnv.step
+  real_evaluate, real_step = common.evaluate, envs.VectorEnv.step
 
   def evaluate(*args, **kwargs):
     evaluating[0] = True
@@ -107,7 +107,7 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
     env_steps.append(len(action))
     return real_step(self, action)
 
-  monkeypatch.setattr(train, 'evaluate', evaluate)
+  monkeypatch.setattr(common, 'evaluate', evaluate)
   monkeypatch.setattr(envs.VectorEnv, 'step', step)
   workdir = str(tmp_path / 'run')
   summary = train.run(config, workdir)

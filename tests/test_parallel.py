@@ -15,7 +15,7 @@ import pytest
 
 from dreamerjax.agents.agent import Agent
 from dreamerjax.analysis import benchmark
-from dreamerjax.run import configs, logger, parallel, train
+from dreamerjax.run import common, configs, logger, parallel, train
 from tests.conftest import REPOSITORY_ROOT, TEST_XLA_FLAGS
 from tests.test_train import debug_config
 
@@ -91,13 +91,13 @@ def test_tiny_run_on_8_devices(run_with_devices, tmp_path):
   output = run_with_devices(f'''
     import jax
     from jax.sharding import PartitionSpec as P
-    from dreamerjax.run import parallel, train
+    from dreamerjax.run import common, parallel, train
     from tests.test_train import debug_config
     config = debug_config(steps=160, envs=8, batch_size=8, log_every=40)
     config.run.transfer_guard = True
     summary = train.run(config, {str(workdir)!r})
     print('updates', summary['updates'])
-    step, state, replay_state, meta = train.restore({str(workdir)!r})
+    step, state, replay_state, meta = common.restore({str(workdir)!r})
     vector = replay_state.data['vector']
     print('replay', vector.shape, vector.sharding.spec, len(vector.devices()))
     print('state', state.params['actor']['params']['Dense_0']['kernel'].sharding.spec)
@@ -169,7 +169,7 @@ def test_seeds_in_one_run_equal_separate_runs_and_resume(tmp_path):
   together = str(tmp_path / 'together')
   summary = train.run(config(3, 2), together)
   rows = logger.read_metrics(together)
-  _, state, replay_state, _ = train.restore(together)
+  _, state, replay_state, _ = common.restore(together)
   assert replay_state.data['vector'].shape[:2] == (2, 1)  # [seeds, shards, envs, capacity, 4]
   for k in range(2):
     alone = str(tmp_path / f'alone{k}')
@@ -180,7 +180,7 @@ def test_seeds_in_one_run_equal_separate_runs_and_resume(tmp_path):
     assert episodes and episodes == [(r['step'], r['episode/return'])
                                      for r in logger.read_metrics(alone) if 'episode/return' in r]
     # ...and the same parameters (tolerance rtol 1e-4, atol 1e-5 after 44 updates).
-    _, alone_state, _, _ = train.restore(alone)
+    _, alone_state, _, _ = common.restore(alone)
     for want, got in zip(jax.tree.leaves(parallel.to_host(alone_state.params)),
                          jax.tree.leaves(parallel.to_host(state.params)), strict=True):
       np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-5)
@@ -216,14 +216,14 @@ def _free_port() -> int:
 
 PROCESS_SNIPPET = '''
     import json, sys
-    from dreamerjax.run import parallel, train
+    from dreamerjax.run import common, parallel, train
     from tests.test_train import debug_config
     process_id, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     parallel.initialize_distributed(f'127.0.0.1:{port}', 2, process_id)
     import jax
     config = debug_config(steps=120, envs=4, batch_size=4, log_every=40)
     summary = train.run(config, workdir)
-    step, state, replay_state, meta = train.restore(workdir)
+    step, state, replay_state, meta = common.restore(workdir)
     again = train.run(config, workdir)  # resumes collectively; nothing left to do
     print('RESULT', json.dumps({
         'devices': [jax.device_count(), jax.local_device_count()],

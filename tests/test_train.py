@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from dreamerjax.run import configs, logger, train
@@ -72,6 +73,15 @@ def test_resume_continues_the_same_run(tmp_path):
   # Same budget again: nothing left to do, the run ends at once at the same step.
   third = train.run(debug_config(steps=320), workdir)
   assert third['env_step'] == 320 and third['updates'] == second['updates']
+
+
+def test_debug_run_writes_where_it_runs(tmp_path):
+  workdir = tmp_path / 'run'
+  train.run(debug_config(steps=40, eval_every=0), str(workdir))
+  placement = json.loads((workdir / 'run.json').read_text())
+  assert placement == {'platform': jax.default_backend(), 'device_count': jax.device_count(),
+                       'mesh': f'data={jax.device_count()}', 'process_index': 0,
+                       'process_count': 1, 'num_seeds': 1}
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):

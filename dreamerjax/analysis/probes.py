@@ -24,8 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dreamerjax.agents import worldmodels
 from dreamerjax.models import nets
 from dreamerjax.models.openloop import rollout_actions
+from dreamerjax.run import common
+from dreamerjax.run import worldmodels as worldmodels_run
 
 FILTERED = 0  # horizon key of the posterior features
 
@@ -144,9 +147,7 @@ def collect(act, initial_carry, env_action, config, steps: int, num_envs: int,
   """Streams `[N, T, ...]` of obs, action, reward, is_first and the ground truth (`truth/<name>`)
   from `num_envs` envs acting with `act(carry, obs, key) -> (carry, model action)` (the run's own
   policy); `env_action` maps model actions to the env's."""
-  from dreamerjax.run import train
-
-  env = train.make_env(config, num_envs, seed)
+  env = common.make_env(config, num_envs, seed)
   try:
     obs = env.reset()
     carry = initial_carry(num_envs)
@@ -168,14 +169,10 @@ def restore_subject(workdir: str) -> dict:
   """What probes need from any run (online or offline Dreamer-family agents, PlaNet, World
   Models): `world_model`, its `params`, the run's policy as `act`/`initial_carry`/`env_action`
   (see `collect`), the checkpoint `step`, the `config` and a `title`."""
-  from dreamerjax.run import train
-
-  loaded = train.load_run(workdir)
+  loaded = common.load_run(workdir)
   config, agent, _ = loaded
   if config.variant == 'worldmodels':
-    from dreamerjax.agents import worldmodels
-
-    step, model, params, controller = worldmodels.restore(
+    step, model, params, controller = worldmodels_run.restore(
         workdir, config, agent.obs_space, agent.discrete, agent.action_size)
     policy = worldmodels.controller_policy(config, model, agent.discrete, controller)
     return dict(world_model=model, params=params, step=step, config=config,
@@ -184,7 +181,7 @@ def restore_subject(workdir: str) -> dict:
                 env_action=agent.env_action,
                 title=f'worldmodels on {config.task}, {config.agent.policy} '
                       f'controller, checkpoint at update {step}')
-  _, _, step, state = train.restore_agent(workdir, loaded)  # seed 0 of a several-seed run
+  _, _, step, state = common.restore_agent(workdir, loaded)  # seed 0 of a several-seed run
   policy = jax.jit(agent.policy_step)
   unit = 'update' if config.run.mode == 'offline' else 'env step'
   return dict(world_model=agent.world_model, params=state.params['world_model'], step=step,

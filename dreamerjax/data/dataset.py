@@ -123,7 +123,7 @@ def check_spaces(manifest: dict, task: str, obs_space: dict, discrete: bool,
 
 
 def spec(manifest: dict) -> dict:
-  """The replay spec of the dataset's steps (as `train.replay_spec` gives for the env)."""
+  """The replay spec of the dataset's steps (as `run.common.replay_spec` gives for the env)."""
   fields = {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype)
             in manifest['obs_space'].items()}
   return {**fields, 'action': ((manifest['action']['size'],), np.dtype(np.float32)),

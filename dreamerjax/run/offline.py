@@ -9,7 +9,6 @@ to check the dataset's spaces and for evaluation episodes. `run.steps`, `run.log
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -18,9 +17,8 @@ from absl import logging
 
 from dreamerjax.agents.agent import Agent, check_finite
 from dreamerjax.data import dataset, replay
-from dreamerjax.run import configs, parallel, train
-from dreamerjax.run.checkpoint import Checkpointer
-from dreamerjax.run.logger import EVAL_RETURN_KEY, Logger, eval_metrics, plot_curve
+from dreamerjax.run import common, configs, parallel
+from dreamerjax.run.logger import EVAL_RETURN_KEY, eval_metrics, plot_curve
 
 
 def add_many(replay_state: replay.ReplayState, steps: dict) -> replay.ReplayState:
@@ -40,7 +38,7 @@ def prepare_config(config: ml_collections.ConfigDict, manifest: dict) -> ml_coll
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains offline as `config` (resolved) says, in `workdir`; returns a summary."""
   manifest = dataset.read_manifest(config.run.dataset)
-  env = train.make_env(config, 1, config.seed)  # only to read the spaces
+  env = common.make_env(config, 1, config.seed)  # only to read the spaces
   env.close()
   dataset.check_spaces(manifest, config.task, env.obs_space, env.act_space.discrete,
                        env.act_space.num_actions)
@@ -49,8 +47,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   configs.validate(config, mesh.size)
   layout = parallel.Layout(mesh, 1)
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
-  programs, make_state, make_replay = train.build(agent, layout, config, dataset.spec(manifest))
-  train.prepare_workdir(config, workdir)
+  programs, make_state, make_replay = common.build(agent, layout, config, dataset.spec(manifest))
+  common.prepare_workdir(config, workdir)
+  common.write_placement(workdir, layout)
   run_config = config.run
 
   add_steps = jax.jit(add_many, in_shardings=(programs.replay_sharding, layout.replicated),
@@ -64,18 +63,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   state = make_state()
   counters = {'updates': 0}
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              keep=run_config.keep_checkpoints)
+  checkpointer = common.open_checkpointer(workdir, keep=run_config.keep_checkpoints)
   restored = checkpointer.restore_latest({'agent': state})
   if restored is not None:
     state, counters = restored[1]['agent'], restored[2]['counters']
-  logger = Logger(workdir, run_config.steps, enabled=parallel.is_main_process(), unit='updates',
-                  return_key=EVAL_RETURN_KEY)
+  logger = common.open_logger(workdir, run_config.steps, unit='updates',
+                              return_key=EVAL_RETURN_KEY)
   save = lambda: checkpointer.save(  # noqa: E731
       counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
   start, last_save, metrics = time.monotonic(), time.monotonic(), None
   interrupted = None
-  with train.StopFlag() as stop:  # SIGTERM/SIGINT: checkpoint, then exit cleanly
+  with common.StopFlag() as stop:  # SIGTERM/SIGINT: checkpoint, then exit cleanly
     while counters['updates'] < run_config.steps:
       state, metrics = programs.train(state, replay_state)
       counters['updates'] += 1
@@ -86,8 +84,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logger.write(step, {**fetched, 'run/updates': step,
                             'run/seconds': time.monotonic() - start})
       if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
-        returns = train.evaluate(agent, programs, state, config, layout,
-                                 run_config.eval_episodes, config.seed + 10_000 + step)
+        returns = common.evaluate(agent, programs, state, config, layout,
+                                  run_config.eval_episodes, config.seed + 10_000 + step)
         logger.write(step, eval_metrics(returns))
       logger.progress(step, step)
       if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
@@ -104,6 +102,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if parallel.is_main_process():
     summary['plot'] = plot_curve(workdir, key=EVAL_RETURN_KEY)
   if interrupted:
-    logging.warning('Stopped by %s at update %d; checkpoint saved. Run the same command to '
-                    'resume.', interrupted, counters['updates'])
+    common.warn_interrupted(interrupted, 'update', counters['updates'])
   return summary

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from dreamerjax.data import dataset
-from dreamerjax.run import parallel, train
+from dreamerjax.run import common, parallel
 
 
 def _writer(out: str, config, env, chunk_steps: int, source: dict) -> dataset.Writer:
@@ -17,7 +17,7 @@ def _writer(out: str, config, env, chunk_steps: int, source: dict) -> dataset.Wr
 
 
 def _env(config, envs: int, seed: int):
-  return train.make_env_group(config, envs, seed, parallel.Layout(parallel.make_mesh(1), 1))
+  return common.make_env_group(config, envs, seed, parallel.Layout(parallel.make_mesh(1), 1))
 
 
 def random_policy(config: ml_collections.ConfigDict, out: str, steps: int, envs: int = 4,
@@ -49,7 +49,7 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
   agent's mistakes, and whose actions depend less on the previous ones."""
   if not 0.0 <= epsilon <= 1.0:
     raise ValueError(f'epsilon must be in [0, 1], got {epsilon}')
-  config, agent, env_step, state = train.restore_agent(workdir)
+  config, agent, env_step, state = common.restore_agent(workdir)
   env = _env(config, envs, seed)
   policy = jax.jit(agent.policy_step, static_argnames='mode')
   status = {'carry': agent.initial_policy_carry(envs), 'step': 0}
@@ -78,8 +78,8 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
 
 def replay_of_run(workdir: str, out: str, chunk_steps: int = 1000) -> dict:
   """Everything the replay of the run in `workdir` holds (seed 0 of a several-seed run)."""
-  config, agent, _ = train.load_run(workdir)
-  env_step, _, replay_state, _ = train.restore(workdir)
+  config, agent, _ = common.load_run(workdir)
+  env_step, _, replay_state, _ = common.restore(workdir)
   if replay_state is None:
     raise ValueError(f'{workdir} is an offline run: it keeps no replay (its data is the dataset '
                      f'{config.run.dataset}); record from its checkpoint with --source=checkpoint')
