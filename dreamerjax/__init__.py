@@ -8,7 +8,7 @@ import os
 # - The concurrency-optimized scheduler (XLA's CPU default) runs independent ops side by side at
 #   the price of more live memory; on a 2-core host it made the train step slower:
 #   12m image 12.59 -> 11.33 s, 12m vector 6.10 -> 5.65 s, 1m image 7.54 -> 2.15 s without it
-#   (`scripts/benchmark.py --only=train_step`, README "Benchmarks").
+#   (`scripts/benchmark.py --only=train_step`, docs/benchmarks.md).
 CPU_XLA_FLAGS = {'xla_cpu_enable_concurrency_optimized_scheduler': 'false'}
 
 

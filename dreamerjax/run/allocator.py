@@ -3,9 +3,8 @@
 XLA:CPU takes each execution's temporary buffer (3.4 GB for the 12m image train step) from malloc
 and frees it when the step ends. glibc serves a request that large with a fresh mmap and returns
 it with munmap, so every step faults about a million zeroed pages back in: 3-4 s of kernel time per
-12m step on the 2-core development host. jemalloc, told never to purge freed pages (`MALLOC_CONF`
-below), hands the same pages to the next step. The README's "Benchmarks" section ("Allocator") has
-the figures.
+12m step on a 2-core host. jemalloc, told never to purge freed pages (`MALLOC_CONF` below), hands
+the same pages to the next step. docs/benchmarks.md ("Allocator") has the figures.
 
 An allocator can only be swapped at process start (`LD_PRELOAD`), so `use_jemalloc()` re-executes
 the script once with the library preloaded; call it first thing in an entry script, before jax is

@@ -4,8 +4,8 @@
     python scripts/table.py --root=runs/cartpole_seeds
     python scripts/plot.py --root=runs/cartpole_seeds
 
-Run with one worker (the default) so that each run has the CPU to itself: the README reports the
-wall-clock minutes at which each seed first reached a return of 400.
+Run with one worker (the default) so that each run has the CPU to itself: docs/evidence.md reports
+the wall-clock minutes at which each seed first reached a return of 400.
 """
 
 

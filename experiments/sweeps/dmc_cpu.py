@@ -1,4 +1,4 @@
-"""Two DMC proprio tasks at a CPU budget: the evidence run of the README (1 seed each, tiny preset).
+"""Two DMC proprio tasks at a CPU budget: the run of docs/evidence.md (1 seed each, tiny preset).
 
     python scripts/sweep.py --sweep=experiments/sweeps/dmc_cpu.py --root=runs/dmc_cpu --workers=2
     python scripts/table.py --root=runs/dmc_cpu --include_partial --key=eval/episode/return
