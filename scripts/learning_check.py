@@ -4,6 +4,7 @@
     python scripts/learning_check.py --steps=80000 --root=runs/check80k --out=results/check80k
     python scripts/learning_check.py --parallel=3      # all seeds at once
     python scripts/learning_check.py --only_check --root=runs/check   # re-read finished runs
+    python scripts/learning_check.py --only_check --steps=40000 --root=runs/check80k  # at 40k
 
 Each seed trains in `<root>/seed<S>` with `scripts/train.py` (an existing workdir resumes), its
 output in `<root>/seed<S>.log`. Then each run is checked (see dreamerjax/analysis/
@@ -28,7 +29,8 @@ DEFAULTS = learning_check.Thresholds()
 _CONFIG = flags.DEFINE_string('config', 'experiments/classic.py:task=CartPole-v1',
                               'Experiment file and options; `,seed=S` is appended per seed.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds to train.')
-_STEPS = flags.DEFINE_integer('steps', 0, 'Env steps per run (0: the config\'s run.steps).')
+_STEPS = flags.DEFINE_integer('steps', 0, 'Env steps per run (0: the config\'s run.steps); with '
+                              '--only_check, check the runs as they stood at this step.')
 _ROOT = flags.DEFINE_string('root', 'runs/learning_check', 'Folder of the run workdirs.')
 _OUT = flags.DEFINE_string('out', None, 'Where the table goes; default <root>/check.')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs trained at the same time.')
@@ -89,7 +91,8 @@ def main(argv):
   missing = [w for w in workdirs if not os.path.isfile(os.path.join(w, 'config.json'))]
   if missing:
     raise SystemExit(f'no run in {", ".join(missing)}: train it first (drop --only_check)')
-  checks = [learning_check.check_run(w, thresholds) for w in workdirs]
+  budget = _STEPS.value if _ONLY_CHECK.value and _STEPS.value else None
+  checks = [learning_check.check_run(w, thresholds, budget) for w in workdirs]
   out = _OUT.value or os.path.join(_ROOT.value, 'check')
   passed = learning_check.write_report(checks, thresholds, out, title=_CONFIG.value)
   print(learning_check.markdown(checks, thresholds))

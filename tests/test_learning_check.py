@@ -55,6 +55,13 @@ def test_slow_unfinished_and_resumed_runs(tmp_path):
   write_run(tmp_path / 'resumed', low, resumed_from=30_000)
   check = learning_check.check_run(str(tmp_path / 'resumed'), learning_check.Thresholds())
   assert [v for _, v in check.evals[-3:]] == [500.0, 500.0, 500.0]
+  # A run extended past a budget is checked as it stood there.
+  write_run(tmp_path / 'extended', {**evals, 45_000: 100.0, 50_000: 90.0}, steps=50_000)
+  at_budget = learning_check.check_run(str(tmp_path / 'extended'), learning_check.Thresholds(),
+                                       budget=40_000)
+  assert at_budget.passed and at_budget.last_step == 40_000 and at_budget.budget == 40_000
+  assert not learning_check.check_run(str(tmp_path / 'extended'),
+                                      learning_check.Thresholds()).passed
 
 
 def test_script_reports_and_exits_by_verdict(tmp_path):

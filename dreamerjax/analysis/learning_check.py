@@ -46,18 +46,21 @@ class RunCheck:
     return self.finished and self.passed_first and self.passed_last
 
 
-def check_run(workdir: str, thresholds: Thresholds) -> RunCheck:
-  """Reads `workdir`'s config.json and metrics.jsonl and checks them against `thresholds`."""
+def check_run(workdir: str, thresholds: Thresholds, budget: int | None = None) -> RunCheck:
+  """Reads `workdir`'s config.json and metrics.jsonl and checks them against `thresholds`;
+  with `budget`, as the run stood at that env step (a run later extended past it)."""
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
     config = json.load(f)
   path = os.path.join(workdir, 'metrics.jsonl')
   rows = drop_superseded(read_metrics(path)) if os.path.exists(path) else []
+  if budget is not None:
+    rows = [row for row in rows if row['step'] <= budget]
   evals = tuple((int(row['step']), float(row[EVAL_KEY])) for row in rows if EVAL_KEY in row)
   first_step, seconds = first_reach(rows, EVAL_KEY, thresholds.first_return)
   minutes = None if seconds is None else seconds / 60.0
   last = [value for _, value in evals[-thresholds.last_evals:]]
   last_mean = float(np.mean(last)) if len(last) == thresholds.last_evals else None
-  budget = int(config['run']['steps'])
+  budget = int(config['run']['steps']) if budget is None else budget
   last_step = int(max((row['step'] for row in rows), default=0))
   return RunCheck(
       name=os.path.basename(os.path.normpath(workdir)), seed=int(config.get('seed', 0)),
