@@ -46,7 +46,7 @@ def constant_run(root, task, seed, score, steps=1000, finished=True):
 
 
 def test_reference_files_are_bundled_unchanged():
-    bundled = pathlib.Path(published.__file__).parent / 'reference'
+    bundled = pathlib.Path(published.__file__).parents[1] / 'reference'
     names = [published.ATARI_SCORES, published.DMC_SUMMARY, *published.CURVE_FILES.values()]
     for name in names:
         assert (bundled / name).is_file(), name
