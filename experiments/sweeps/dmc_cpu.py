@@ -6,8 +6,8 @@
 
 DreamerV3's DMC recipe (12m, 16 x 64 batches, train ratio 512 = 2 env steps per update) makes about
 1 env step/s here. This keeps the recipe's losses and hyperparameters but uses the `tiny` preset,
-16 x 32 batches and train ratio 64 (8 env steps per update), so that about 100k env steps fit in
-2-3 hours with the two runs sharing 2 cores.
+16 x 32 batches and train ratio 64 (8 env steps per update), so that 60k env steps fit in about
+an hour per run on 2 cores.
 """
 
 
@@ -16,6 +16,6 @@ def get_sweep():
         'suite': 'experiments/dmc_proprio.py',
         'base': {'size': 'tiny'},
         'grid': {'task': ['CartpoleBalance-v1', 'ReacherEasy-v1'], 'seed': [0]},
-        'overrides': {'run.train_ratio': 64.0, 'run.batch_length': 32, 'run.steps': 100_000,
+        'overrides': {'run.train_ratio': 64.0, 'run.batch_length': 32, 'run.steps': 60_000,
                       'run.eval_every': 5_000, 'run.log_every': 1_000, 'run.prefill': 2_500},
     }
