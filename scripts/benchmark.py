@@ -17,10 +17,10 @@ from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from dreamerjax.analysis import benchmark  # noqa: E402
-from dreamerjax.run import configs  # noqa: E402
+from dreamerjax.run import cli, configs  # noqa: E402
 from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,4 +115,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

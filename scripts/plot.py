@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from dreamerjax.analysis import plots  # noqa: E402
+from dreamerjax.run import cli  # noqa: E402
 from dreamerjax.run.logger import RETURN_KEY  # noqa: E402
 
 _ROOT = flags.DEFINE_string('root', None, 'Sweep folder (one run folder per subfolder).')
@@ -34,4 +35,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

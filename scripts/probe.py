@@ -18,6 +18,7 @@ allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: fas
 from absl import app, flags, logging  # noqa: E402
 
 from dreamerjax.analysis import probes  # noqa: E402
+from dreamerjax.run import cli  # noqa: E402
 from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a trained run (with checkpoints/).')
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

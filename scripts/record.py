@@ -25,7 +25,7 @@ allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: fas
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax.run import configs, record  # noqa: E402
+from dreamerjax.run import cli, configs, record  # noqa: E402
 from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _SOURCE = flags.DEFINE_enum('source', 'random', ['random', 'checkpoint', 'replay'],
@@ -68,4 +68,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

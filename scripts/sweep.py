@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from dreamerjax.run import sweeps  # noqa: E402
+from dreamerjax.run import cli, sweeps  # noqa: E402
 
 _SWEEP = flags.DEFINE_string('sweep', None, 'Sweep file, e.g. experiments/sweeps/atari100k.py.')
 _ROOT = flags.DEFINE_string('root', None, 'Sweep folder; each run gets <root>/<name>.')
@@ -86,4 +86,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(lambda argv: sys.exit(main(argv)))

@@ -4,7 +4,8 @@
     python scripts/train.py --config=experiments/atari100k.py:task=Pong-v5,size=12m \
         --config.run.train_ratio=256 --workdir=runs/pong
 
-Running the same command again on the same workdir resumes the run.
+Running the same command again on the same workdir resumes the run. A workdir holds one live
+run. A bad option is one line on stderr with exit status 2 (`--verbose` adds the traceback).
 
 Several hosts (each runs the same command with its own --process_id; on a Cloud TPU pod no flag is
 needed, JAX finds the other hosts itself):
@@ -25,7 +26,7 @@ allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: fas
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax.run import parallel, train  # noqa: E402
+from dreamerjax.run import cli, configs  # noqa: E402
 from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -45,10 +46,15 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
+  # A value out of its range is refused before the slow imports (jax, the models, envpool); the
+  # run checks the config against its devices once they are known.
+  configs.validate(configs.resolve(_CONFIG.value))
+  from dreamerjax.run import parallel, train
+
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   summary = train.run(_CONFIG.value, _WORKDIR.value)
   logging.info('Done: %s', summary)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -42,3 +42,49 @@ def run_python(code: str, device_count: int = 8, timeout: float = 300) -> str:
 def run_with_devices():
     """`run_python` as a fixture: ``run_with_devices(code, device_count=8) -> stdout``."""
     return run_python
+
+
+# Reliability figures --------------------------------------------------------------------------
+# Tests marked `reliability` record what they tried with the `figure` fixture; the summary at the
+# end of the session prints, per figure, the cases that passed out of those tried (the counts in
+# the README's reliability table and docs/reliability.md). `pytest -m reliability tests` runs
+# only them. The records travel in the test reports, so pytest-xdist workers' count too.
+
+FIGURE_PROPERTY = 'reliability_figure'
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'reliability: the reliability suite (figures printed at '
+                                       'the end; see docs/reliability.md)')
+
+
+@pytest.fixture
+def figure(record_property):
+    """`figure(name, cases=1, value=None)`: this test tries `cases` cases of figure `name` (they
+    count as passed if the test passes); `value` adds a number to the figure (e.g. steps lost)."""
+    def record(name: str, cases: int = 1, value: float | None = None):
+        record_property(FIGURE_PROPERTY, (name, cases, value))
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    figures = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, 'when', None) != 'call':
+                continue
+            for name, value in getattr(report, 'user_properties', ()):
+                if name != FIGURE_PROPERTY:
+                    continue
+                figure_name, cases, number = value
+                entry = figures.setdefault(figure_name, [0, 0, None])
+                entry[1] += cases
+                entry[0] += cases if report.passed else 0
+                if number is not None:
+                    entry[2] = (entry[2] or 0) + number
+    if not figures:
+        return
+    terminalreporter.section('reliability figures')
+    for figure_name, (passed, tried, number) in sorted(figures.items()):
+        extra = f' (total {number:g})' if number is not None else ''
+        terminalreporter.write_line(f'{figure_name}: {passed} of {tried}{extra}')

@@ -1,16 +1,21 @@
-"""Checkpointer: round trip, retention, fallback past broken steps, sharded restore."""
+"""Checkpointer: round trip, retention, fallback past damaged steps (unreadable files, mixed-up
+steps, values changed after saving), sharded restore."""
 
 import gc
+import json
 import logging
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from dreamerjax.data import replay
+from dreamerjax.run import errors
 from dreamerjax.run.checkpoint import Checkpointer
 
 # A failed orbax restore leaves coroutines that are garbage-collected later (possibly during
@@ -62,47 +67,115 @@ def corrupt(step_directory: pathlib.Path, how: str) -> None:
             path.write_bytes(b'' if how == 'truncate' else bytes(size))
 
 
-def test_round_trip_keeps_values_dtypes_and_meta(tmp_path):
-    state = make_state(2)
-    meta = {'config': {'size': '12m', 'learning_rate': 1e-4}, 'env_steps': 1234}
-    checkpointer = Checkpointer(str(tmp_path))
-    assert checkpointer.restore_latest(jax.eval_shape(lambda: state)) is None
-    checkpointer.save(10, state, meta)
-    step, restored, restored_meta = checkpointer.restore_latest(jax.eval_shape(lambda: state))
-    checkpointer.close()
-    assert step == 10 and restored_meta == meta
-    assert_trees_equal(restored, state)
-    assert isinstance(restored['replay'], replay.ReplayState)
+def flip_bytes(step_directory: pathlib.Path) -> None:
+    """Flips a few bytes in the middle of the largest data file (bit rot)."""
+    path = max((p for p in (step_directory / 'state').rglob('*') if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
-def test_keep_latest_n_and_repeated_step(tmp_path):
-    checkpointer = Checkpointer(str(tmp_path), keep=2)
-    for step in range(5):
-        checkpointer.save(step, make_state(1), {'step': step})
-    checkpointer.save(4, make_state(1), {'step': 'ignored'})  # already saved: no-op
-    checkpointer.wait()
-    assert checkpointer.all_steps() == [3, 4] and checkpointer.latest_step() == 4
-    assert checkpointer.restore_latest(make_state(1))[2] == {'step': 4}
-    checkpointer.save(4, make_state(1), {'step': 'replaced'}, force=True)
-    assert checkpointer.restore_latest(make_state(1))[2] == {'step': 'replaced'}
-    checkpointer.close()
+def rewrite_values(step_directory: pathlib.Path, change) -> None:
+    """Rewrites the step's arrays as valid orbax files holding `change(arrays)`, keeping the
+    step's meta: what a bad copy or a tool that edits checkpoints leaves."""
+    state = step_directory / 'state'
+    raw = ocp.StandardCheckpointer()
+    arrays = jax.tree.map(np.array, raw.restore(state))
+    raw.save(step_directory / 'state.rewritten', change(arrays))
+    raw.wait_until_finished()
+    shutil.rmtree(state)
+    os.rename(step_directory / 'state.rewritten', state)
 
 
-@pytest.mark.parametrize('how', ['truncate', 'zero'])
-def test_corrupt_newest_falls_back_with_warning(tmp_path, caplog, how):
-    save_steps(tmp_path, [1, 2])
-    corrupt(tmp_path / '2', how)
+def set_huge(arrays):
+    arrays['params']['weight'][0, :2] = 1e30
+    return arrays
+
+
+def damage(directory: pathlib.Path, step: int, how: str) -> None:
+    step_directory = directory / str(step)
+    if how in ('truncate', 'zero'):
+        corrupt(step_directory, how)
+    elif how == 'flip':
+        flip_bytes(step_directory)
+    elif how == 'delete_meta':
+        shutil.rmtree(step_directory / 'meta')
+    elif how == 'state_of_older_step':
+        shutil.rmtree(step_directory / 'state')
+        shutil.copytree(directory / str(step - 1) / 'state', step_directory / 'state')
+    elif how == 'meta_of_older_step':
+        shutil.rmtree(step_directory / 'meta')
+        shutil.copytree(directory / str(step - 1) / 'meta', step_directory / 'meta')
+    elif how == 'values_set_to_1e30':
+        rewrite_values(step_directory, set_huge)
+    elif how == 'values_set_to_nan':
+        rewrite_values(step_directory, lambda a: {**a, 'counts': a['counts'],
+                                                  'params': {'weight': a['params']['weight']
+                                                             * np.nan}})
+    else:
+        raise ValueError(how)
+
+
+DAMAGES = ['truncate', 'zero', 'flip', 'delete_meta', 'state_of_older_step',
+           'meta_of_older_step', 'values_set_to_1e30', 'values_set_to_nan']
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize('how', DAMAGES)
+def test_damaged_newest_step_falls_back_to_the_next_good_one(tmp_path, caplog, figure, how):
+    figure('corrupt checkpoints recovered')
+    save_steps(tmp_path, [1, 2, 3])
+    damage(tmp_path, 3, how)
     checkpointer = Checkpointer(str(tmp_path))
     with caplog.at_level(logging.WARNING):
         step, restored, meta = checkpointer.restore_latest(jax.eval_shape(make_state))
+    assert step == 2 and meta == {'step': 2}
+    assert_trees_equal(restored, make_state(2))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any('step 3' in message and 'damaged' in message for message in warnings), warnings
+    # The damaged step was moved aside, so the resumed run can save step 3 again.
+    assert (tmp_path / '3.corrupt').is_dir() and checkpointer.all_steps() == [1, 2]
+    checkpointer.save(3, make_state(3), {'step': 3})
+    assert checkpointer.restore_latest(make_state(3))[0] == 3
+    checkpointer.close()
+
+
+@pytest.mark.reliability
+def test_two_damaged_steps_fall_back_to_the_oldest(tmp_path, figure):
+    figure('corrupt checkpoints recovered')
+    save_steps(tmp_path, [1, 2, 3])
+    damage(tmp_path, 3, 'values_set_to_1e30')
+    damage(tmp_path, 2, 'flip')
+    checkpointer = Checkpointer(str(tmp_path))
+    step, _, meta = checkpointer.restore_latest(make_state())
     assert step == 1 and meta == {'step': 1}
-    assert_trees_equal(restored, make_state(1))
-    assert any('step 2' in record.getMessage() for record in caplog.records
-               if record.levelno == logging.WARNING), caplog.text
-    # The broken step was moved aside, so the resumed run can save step 2 again.
-    assert (tmp_path / '2.unrestorable').is_dir() and checkpointer.all_steps() == [1]
-    checkpointer.save(2, make_state(2), {'step': 2})
-    assert checkpointer.restore_latest(make_state(2))[0] == 2
+    assert {p.name for p in tmp_path.iterdir()} == {'1', '2.corrupt', '3.corrupt'}
+    checkpointer.close()
+
+
+def test_non_finite_state_is_not_saved(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path), finite=lambda path: 'params' in path)
+    checkpointer.save(1, make_state(1), {'step': 1})
+    state = make_state(2)
+    state['params']['weight'] = state['params']['weight'].at[0, 0].set(jnp.inf)
+    with pytest.raises(FloatingPointError, match=r'not saving checkpoint step 2.*params'):
+        checkpointer.save(2, state, {'step': 2})
+    assert checkpointer.restore_latest(make_state())[0] == 1
+    checkpointer.close()
+
+
+def test_step_saved_without_checksums_restores_with_a_warning(tmp_path, caplog):
+    save_steps(tmp_path, [4])
+    meta_file = next((tmp_path / '4' / 'meta').rglob('metadata'))
+    meta_file.write_text(json.dumps({'step': 4}))  # as an older version wrote it
+    checkpointer = Checkpointer(str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        step, restored, meta = checkpointer.restore_latest(jax.eval_shape(make_state))
+    assert step == 4 and meta == {'step': 4}
+    assert_trees_equal(restored, make_state(4))
+    assert 'no checksums' in caplog.text
     checkpointer.close()
 
 
@@ -116,16 +189,18 @@ def test_empty_numbered_directory_is_skipped(tmp_path):
     checkpointer.close()
 
 
-def test_all_corrupt_raises_helpful_error(tmp_path):
+@pytest.mark.reliability
+def test_all_damaged_raises_one_clear_error(tmp_path, figure):
+    figure('corrupt checkpoints recovered')
     save_steps(tmp_path, [1, 2])
-    for step in (1, 2):
-        corrupt(tmp_path / str(step), 'truncate')
+    damage(tmp_path, 1, 'truncate')
+    damage(tmp_path, 2, 'values_set_to_1e30')
     checkpointer = Checkpointer(str(tmp_path))
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(errors.CheckpointError) as error:
         checkpointer.restore_latest(make_state())
     message = str(error.value)
-    assert 'step 1' in message and 'step 2' in message
-    assert 'delete' in message and '--config.run.force=True' in message
+    assert '\n' not in message and 'steps 1, 2' in message
+    assert '--config.run.force=True' in message and 'move' in message
     assert checkpointer.all_steps() == [1, 2]  # nothing moved when nothing restored
     checkpointer.close()
 
@@ -135,7 +210,7 @@ def test_mismatched_target_is_rejected(tmp_path):
     target = jax.eval_shape(make_state)
     target['params']['weight'] = jax.ShapeDtypeStruct((3, 3), jnp.bfloat16)
     checkpointer = Checkpointer(str(tmp_path))
-    with pytest.raises(RuntimeError, match='could be restored'):
+    with pytest.raises(errors.CheckpointError, match='restores whole'):
         checkpointer.restore_latest(target)
     checkpointer.close()
 

@@ -87,7 +87,7 @@ def test_open_loop_error_is_zero_for_a_perfect_model_and_grows_otherwise(tmp_pat
 @pytest.mark.parametrize('change,message', [
     (dict(planner=dict(elites=2000)), 'elites=2000 must not exceed'),
     (dict(agent=dict(policy='evolution')), 'agent.policy must be one of'),
-    (dict(worldmodels=dict(rnn='transformer')), 'worldmodels.rnn must be lstm or gru'),
+    (dict(worldmodels=dict(rnn='transformer')), 'worldmodels.rnn must be one of lstm, gru'),
 ])
 def test_bad_planet_and_worldmodels_values_are_named(change, message):
   variant = 'worldmodels' if 'worldmodels' in change else 'planet'

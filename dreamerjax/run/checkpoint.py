@@ -4,10 +4,14 @@ Each step directory holds ``state/`` (any pytree of jax or numpy arrays: train s
 counters, rng) and ``meta/`` (a JSON-able dict: config, counters). Saving is asynchronous by
 default; call `wait` before reading the files and `close` at the end.
 
-orbax lists an empty or half-written numbered directory as a step and only fails when restoring
-it, so `restore_latest` tries steps newest first and falls back to older ones, moving the steps
-it could not read aside (``<step>.unrestorable``) so the resumed run can save those step numbers
-again.
+Every step's meta holds a checksum of each array it saved (`integrity`). orbax lists an empty or
+half-written numbered directory as a step, and restores files whose values were changed after
+saving (a bad copy, bit rot) without a word, so `restore_latest` tries steps newest first and
+takes the first that reads back whole with the checksums saved with it and finite values where
+`finite` asks for them. The steps it could not use are moved aside (``<step>.corrupt``) and named
+in the log, so the resumed run can save those step numbers again. A full or failing disk raises
+`errors.StorageError` from `save`, `check`, `wait` or `close`; the steps written before stay
+complete (orbax writes a step in a temporary directory and renames it when done).
 
     checkpointer = Checkpointer(workdir + '/checkpoints', keep=3)
     restored = checkpointer.restore_latest(jax.eval_shape(make_state))
@@ -21,13 +25,20 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from dreamerjax.run import errors, integrity
+
+# The meta key of the checksums of a step's arrays (see `integrity`).
+INTEGRITY_KEY = 'integrity'
 
 
 def _to_abstract(leaf: Any) -> Any:
@@ -72,29 +83,78 @@ def _check_matches(restored: Any, abstract_state: Any) -> None:
                              f'{got.dtype}, expected {want.shape} {want.dtype}')
 
 
+def _failure(error: BaseException) -> str:
+    return f'{type(error).__name__}: {" ".join(str(error).split())[:300]}'
+
+
+def _verify(step: int, stored: Any, meta: Any, finite: Callable[[str], bool]) -> None:
+    """Raises ValueError if `stored` (the restored storage tree) is not what was saved as `step`:
+    meta missing or of another step, a checksum that differs, or non-finite values where
+    `finite(path)` asks for finite ones. Steps saved without checksums (by an older version) are
+    only checked for finite values."""
+    if not isinstance(meta, dict):
+        raise ValueError(f'meta is {type(meta).__name__}, not a dict (missing or unreadable)')
+    summary = integrity.summarize(stored)
+    record = meta.get(INTEGRITY_KEY)
+    if record is None:
+        logging.warning('Checkpoint step %d has no checksums (saved by an older version): its '
+                        'values are only checked for being finite.', step)
+    elif record.get('step') != step:
+        raise ValueError(f'its meta belongs to step {record.get("step")} (steps mixed up)')
+    else:
+        saved = record.get('leaves', {})
+        differ = [path for path, (checksum, _) in summary.items() if saved.get(path) != checksum]
+        if differ or set(saved) != set(summary):
+            raise ValueError(f'the checksums of {len(differ) or "some"} of {len(summary)} arrays '
+                             f'differ from those saved with it ({", ".join(differ[:3])})')
+    bad = [path for path, (_, is_finite) in summary.items() if not is_finite and finite(path)]
+    if bad:
+        raise ValueError(f'{len(bad)} arrays hold NaN or inf ({", ".join(bad[:3])})')
+
+
 class Checkpointer:
     """Saves and restores ``(step, state, meta)`` under one directory, keeping the newest few."""
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True,
+                 finite: Callable[[str], bool] = lambda path: True, writer: bool = True):
         """
         Args:
             directory: where numbered step directories go; created if missing.
             keep: how many of the newest steps to keep on disk.
             async_save: if True, `save` returns at once and writes in the background.
+            finite: which leaves (by `jax.tree_util.keystr` path) must hold only finite values
+                (floating leaves only), checked when saving and restoring.
+            writer: False for a reader of another process's run: it moves no step aside and
+                leaves half-written ones alone.
         """
         if keep < 1:
             raise ValueError(f'Checkpointer keep={keep} must be at least 1.')
         self.directory = os.path.abspath(os.fspath(directory))
+        self.finite, self.writer = finite, writer
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
             save_interval_steps=1,
             create=True,
+            cleanup_tmp_directories=writer,  # what a killed or failed save left behind
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._last_check = 0.0
+
+    def _raise_as_user_error(self, error: BaseException, doing: str) -> None:
+        """Raises `error` as a `StorageError` if it is a storage fault (re-raises it otherwise)."""
+        fault = errors.storage_error(error, f'{doing} in {self.directory}')
+        if fault is None:
+            raise error
+        complete = self._complete_steps()
+        newest = f'step {complete[-1]}' if complete else 'none'
+        raise errors.StorageError(f'{fault} (newest complete checkpoint: {newest})') from error
+
+    def _complete_steps(self) -> list[int]:
+        return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
 
     def save(self, step: int, state: Any, meta: dict, force: bool = False) -> None:
-        """Saves ``state`` and ``meta`` as ``step``.
+        """Saves ``state`` and ``meta`` as ``step``, with a checksum of every array in the meta.
 
         A step that is already on disk is left alone (saving the same step twice, e.g. a
         periodic save followed by the final one, is a no-op) unless ``force`` is True, in which
@@ -105,25 +165,50 @@ class Checkpointer:
             state: pytree of jax or numpy arrays.
             meta: JSON-able dict.
             force: replace an existing checkpoint of the same step.
+        Raises:
+            FloatingPointError: leaves that `finite` names hold NaN or inf (nothing is saved).
+            errors.StorageError: the disk is full or failing (this or the previous save).
         """
         try:
             json.dumps(meta)
         except TypeError as error:
             raise TypeError(f'checkpoint meta must be JSON-able: {error}') from error
+        if INTEGRITY_KEY in meta:
+            raise ValueError(f'{INTEGRITY_KEY!r} is reserved in checkpoint meta')
         state = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)
         step = int(step)
-        if step in self._manager.all_steps():
-            if not force:
-                logging.info('Checkpoint step %d already exists; not saving it again.', step)
-                return
-            self._manager.wait_until_finished()
-            self._manager.delete(step)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        if step in self._manager.all_steps() and not force:
+            logging.info('Checkpoint step %d already exists; not saving it again.', step)
+            return
+        summary = integrity.summarize(state)
+        bad = [path for path, (_, finite) in summary.items() if not finite and self.finite(path)]
+        if bad:
+            raise FloatingPointError(
+                f'not saving checkpoint step {step}: {len(bad)} arrays hold NaN or inf '
+                f'({", ".join(bad[:3])}); the older checkpoints are kept as they are')
+        meta = {**meta, INTEGRITY_KEY: {'step': step, 'leaves': {
+            path: checksum for path, (checksum, _) in summary.items()}}}
+        try:
+            if step in self._manager.all_steps():
+                self._manager.wait_until_finished()
+                self._manager.delete(step)
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+        except Exception as error:  # noqa: BLE001 - storage faults become StorageError
+            self._raise_as_user_error(error, f'saving checkpoint step {step}')
+
+    def check(self, every_seconds: float = 1.0) -> None:
+        """Raises a fault of a background save (or thread) at most `every_seconds` after it
+        happened; cheap, for calling every step."""
+        now = time.monotonic()
+        if now - self._last_check < every_seconds:
+            return
+        self._last_check = now
+        try:
+            self._manager.check_for_errors()
+        except Exception as error:  # noqa: BLE001
+            self._raise_as_user_error(error, 'saving a checkpoint')
+        errors.raise_pending()
 
     def latest_step(self) -> int | None:
         """The newest step orbax lists (not validated: it may be empty or corrupt)."""
@@ -133,8 +218,17 @@ class Checkpointer:
         """Every step orbax lists, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def _restore_step(self, step: int, stored_abstract: Any) -> tuple[Any, dict]:
+        """The verified storage tree and meta of `step`; raises if it is not what was saved."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(stored_abstract), meta=ocp.args.JsonRestore()))
+        _check_matches(restored.state, stored_abstract)
+        _verify(step, restored.state, restored.meta, self.finite)
+        return restored.state, dict(restored.meta)
+
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
-        """Restores the newest step that reads back whole.
+        """Restores the newest step that reads back whole and verifies (checksums, finite
+        values); steps newer than it are moved aside as ``<step>.corrupt`` and named in the log.
 
         Args:
             abstract_state: pytree like the saved state whose leaves are `jax.ShapeDtypeStruct`
@@ -142,7 +236,7 @@ class Checkpointer:
         Returns:
             ``(step, state, meta)``, or None if the directory holds no checkpoint.
         Raises:
-            RuntimeError: steps exist but none of them restores.
+            errors.CheckpointError: steps exist but none of them restores (none is moved).
         """
         self.wait()
         self._manager.reload()
@@ -151,50 +245,63 @@ class Checkpointer:
         failures = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(stored_abstract),
-                    meta=ocp.args.JsonRestore()))
-                _check_matches(restored.state, stored_abstract)
-                if not isinstance(restored.meta, dict):
-                    raise ValueError(f'meta is {type(restored.meta).__name__}, not a dict')
+                stored, meta = self._restore_step(step, stored_abstract)
             except Exception as error:  # noqa: BLE001 - any failure means "try an older step"
-                message = f'{type(error).__name__}: {str(error)[:500]}'
-                logging.warning('Could not restore checkpoint step %d in %s (%s); trying an '
-                                'older step.', step, self.directory, message)
-                failures.append((step, message))
+                logging.warning('Checkpoint step %d in %s is damaged (%s); trying an older step.',
+                                step, self.directory, _failure(error))
+                failures.append(step)
                 continue
             if failures:
-                self._move_aside([failed for failed, _ in failures])
-            logging.info('Restored checkpoint step %d from %s.', step, self.directory)
+                self._move_aside(failures)
+            logging.info('Restored checkpoint step %d from %s (checksums verified).', step,
+                         self.directory)
             state = jax.tree.map(
                 lambda value, target: jax.random.wrap_key_data(value, impl=_key_impl(target))
-                if _is_key(target) else value, restored.state, abstract_state)
-            return step, state, dict(restored.meta)
+                if _is_key(target) else value, stored, abstract_state)
+            meta.pop(INTEGRITY_KEY, None)
+            return step, state, meta
         if not failures:
             return None
-        listing = '\n'.join(f'  step {step}: {message}' for step, message in failures)
-        raise RuntimeError(
-            f'No checkpoint in {self.directory} could be restored:\n{listing}\nTo start over, '
-            f'delete {self.directory} (or the whole workdir), or pass --config.run.force=True.')
+        raise errors.CheckpointError(
+            f'none of the {len(failures)} checkpoints in {self.directory} (steps '
+            f'{", ".join(map(str, sorted(failures)))}) restores whole (see the warnings above); '
+            'to start the run over, pass --config.run.force=True (deletes them) or move '
+            f'{self.directory} away')
 
     def _move_aside(self, steps: list[int]) -> None:
-        """Renames unreadable step directories so orbax no longer lists them."""
-        if jax.process_index() == 0:
+        """Renames damaged step directories (``<step>.corrupt``) so orbax no longer lists them
+        and the resumed run can save those step numbers again."""
+        if self.writer and jax.process_index() == 0:
             for step in steps:
                 source = os.path.join(self.directory, str(step))
-                target, suffix = source + '.unrestorable', 1
+                target, suffix = source + '.corrupt', 1
                 while os.path.exists(target):
-                    target, suffix = f'{source}.unrestorable{suffix}', suffix + 1
+                    target, suffix = f'{source}.corrupt{suffix}', suffix + 1
                 if os.path.isdir(source):
                     os.rename(source, target)
-                    logging.warning('Moved unrestorable checkpoint %s to %s.', source, target)
+                    logging.warning('Moved damaged checkpoint step %d aside to %s.', step, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices('dreamerjax: damaged checkpoints moved')
         self._manager.reload()
 
     def wait(self) -> None:
         """Blocks until a background save has finished."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:  # noqa: BLE001
+            self._raise_as_user_error(error, 'saving a checkpoint')
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def abandon(self) -> None:
+        """Releases the manager after an error, without raising: the step being written may be
+        lost, the complete ones are not."""
+        try:
+            self.close()
+        except Exception as error:  # noqa: BLE001 - the error that ended the run is reported
+            logging.info('While closing the checkpointer after an error: %s', _failure(error))

@@ -26,9 +26,9 @@ from dreamerjax.agents.agent import Agent
 from dreamerjax.data import envs, replay
 from dreamerjax.data.envgroup import EnvGroup
 from dreamerjax.models import openloop
-from dreamerjax.run import configs, parallel
+from dreamerjax.run import configs, errors, lock, parallel
 from dreamerjax.run.checkpoint import Checkpointer
-from dreamerjax.run.logger import Logger
+from dreamerjax.run.logger import METRICS_FILE, Logger
 
 # Keys that may change when a run is resumed: they extend or re-time the run, not change it.
 RESUMABLE_CHANGES = ('run.steps', 'run.compile_cache', 'run.log_every', 'run.eval_every',
@@ -84,47 +84,68 @@ def _flatten(tree: dict, prefix: str = '') -> dict:
   return flat
 
 
+def _lock_workdir(workdir: str) -> None:
+  """Process 0 takes the workdir's lock (`lock`); every process fails if it could not."""
+  busy = None
+  if parallel.is_main_process():
+    try:
+      lock.acquire(workdir)
+    except errors.WorkdirBusy as error:
+      busy = error
+  if not parallel.main_process_says(busy is None):
+    raise busy or errors.WorkdirBusy(f'{workdir} is in use by another run (see process 0)')
+
+
+def _config_differences(config: ml_collections.ConfigDict, path: str) -> list[str]:
+  """`key: saved x, now y` for the options that differ from the run saved in `path`."""
+  with open(path) as f:
+    saved = _flatten(json.load(f))
+  new = _flatten(json.loads(json.dumps(config.to_dict())))
+  # A run saved before a key existed ran with its default.
+  defaults = _flatten(json.loads(json.dumps(configs.base().to_dict())))
+  saved = {**{k: v for k, v in defaults.items() if k in new}, **saved}
+  differ = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_CHANGES
+                  and saved.get(k, '<unset>') != new.get(k, '<unset>'))
+  return [f'{k}: saved {saved.get(k, "<unset>")!r}, now {new.get(k, "<unset>")!r}' for k in differ]
+
+
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Checks that `workdir` holds no run with an incompatible config; writes config.json."""
+  """Takes the workdir's lock (released by `train.run`), checks that `workdir` holds no run with
+  an incompatible config, and writes config.json."""
   os.makedirs(workdir, exist_ok=True)
+  _lock_workdir(workdir)
   path = os.path.join(workdir, CONFIG_FILE)
-  current = config.to_dict()
   if os.path.exists(path) and not config.run.force:
-    with open(path) as f:
-      saved = _flatten(json.load(f))
-    new = _flatten(json.loads(json.dumps(current)))
-    # A run saved before a key existed ran with its default.
-    defaults = _flatten(json.loads(json.dumps(configs.base().to_dict())))
-    saved = {**{k: v for k, v in defaults.items() if k in new}, **saved}
-    differ = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_CHANGES
-                    and saved.get(k, '<unset>') != new.get(k, '<unset>'))
+    differ = _config_differences(config, path)
     if differ:
-      lines = [f'  {k}: saved {saved.get(k, "<unset>")!r}, now {new.get(k, "<unset>")!r}'
-               for k in differ]
-      raise ValueError(
-          f'{workdir} holds a run with a different config:\n' + '\n'.join(lines) +
-          '\nUse another --workdir, or pass --config.run.force=True to delete that run and start '
-          'over.')
+      raise errors.ConfigError(
+          f'{workdir} holds a run with a different config ({"; ".join(differ)}); use another '
+          '--workdir, or pass --config.run.force=True to delete that run and start over')
   # Every process has read config.json before process 0 replaces it (or deletes the old run).
   parallel.barrier('dreamerjax: workdir checked')
   if parallel.is_main_process():
     if config.run.force:
-      for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'plots'):
+      cut = [name for name in os.listdir(workdir) if name.startswith(f'{METRICS_FILE}.cut-')]
+      for name in ('checkpoints', METRICS_FILE, 'tensorboard', 'plots', 'videos', *cut):
         target = os.path.join(workdir, name)
         if os.path.isdir(target):
           shutil.rmtree(target)
         elif os.path.exists(target):
           os.remove(target)
     with open(path, 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True)
   parallel.barrier('dreamerjax: workdir ready')
 
 
 class StopFlag:
-  """Turns SIGTERM/SIGINT into a flag the loop polls, so it can checkpoint before exiting."""
+  """Turns SIGTERM/SIGINT into a flag the loop polls, so it can checkpoint before exiting. Held
+  until the last checkpoint is written: a second signal meanwhile is logged, not obeyed, so it
+  cannot cut that checkpoint short (kill -9 still can; the step being written is then lost and
+  the older ones stay whole)."""
 
   def __init__(self):
     self.signal = None
+    self.count = 0
     self._previous = {}
 
   def __enter__(self):
@@ -137,22 +158,34 @@ class StopFlag:
 
   def _handle(self, signum, frame):
     del frame
-    self.signal = signal.Signals(signum).name
+    self.count += 1
+    if self.signal is None:
+      self.signal = signal.Signals(signum).name
+      logging.warning('Got %s: stopping after the next step and saving a checkpoint.',
+                      self.signal)
+    else:
+      logging.warning('Got %s again: already stopping, the checkpoint is being written '
+                      '(kill -9 would lose it; the older ones stay whole).',
+                      signal.Signals(signum).name)
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def open_checkpointer(workdir: str, keep: int | None = None) -> Checkpointer:
-  """The checkpointer of the run in `workdir` (`<workdir>/checkpoints`)."""
+def open_checkpointer(workdir: str, keep: int | None = None, writer: bool = True
+                      ) -> Checkpointer:
+  """The checkpointer of the run in `workdir` (`<workdir>/checkpoints`). The agent's arrays
+  (parameters, optimizer state) must be finite; the replay holds data, checked by checksum only.
+  `writer=False` for reading another process's run."""
   directory = os.path.join(workdir, 'checkpoints')
-  return Checkpointer(directory) if keep is None else Checkpointer(directory, keep=keep)
+  finite = lambda path: not path.startswith("['replay']")  # noqa: E731
+  return Checkpointer(directory, keep=keep or 3, finite=finite, writer=writer)
 
 
 def restore_checkpoint(workdir: str, abstract: Any) -> tuple[int, Any, dict]:
   """`(step, tree, meta)` of the newest checkpoint in `workdir` that restores into `abstract`."""
-  checkpointer = open_checkpointer(workdir)
+  checkpointer = open_checkpointer(workdir, writer=False)
   try:
     restored = checkpointer.restore_latest(abstract)
   finally:
@@ -162,9 +195,12 @@ def restore_checkpoint(workdir: str, abstract: Any) -> tuple[int, Any, dict]:
   return restored
 
 
-def open_logger(workdir: str, total_steps: int, **kwargs) -> Logger:
-  """The run's logger; only process 0 writes (metrics.jsonl, TensorBoard, the console)."""
-  return Logger(workdir, total_steps, enabled=parallel.is_main_process(), **kwargs)
+def open_logger(workdir: str, total_steps: int, resume_step: int | None = None,
+                **kwargs) -> Logger:
+  """The run's logger; only process 0 writes (metrics.jsonl, TensorBoard, the console).
+  `resume_step`: the step the run goes on from (see `Logger`)."""
+  return Logger(workdir, total_steps, enabled=parallel.is_main_process(),
+                resume_step=resume_step, **kwargs)
 
 
 def warn_interrupted(signal_name: str, unit: str, step: int) -> None:
@@ -179,10 +215,16 @@ def replay_spec(env: envs.VectorEnv | EnvGroup) -> dict:
 
 
 def make_env(config, num_envs: int, seed: int) -> envs.VectorEnv:
+  """The envs of `config.task`; a task or env option they refuse raises `errors.ConfigError`."""
   size = (config.env.image_size, config.env.image_size)
-  return envs.make_env(config.task, num_envs, seed, size=size, from_pixels=config.env.from_pixels,
-                       sticky=config.env.sticky, noop_max=config.env.noop_max,
-                       max_episode_steps=config.env.max_episode_steps)
+  try:
+    return envs.make_env(config.task, num_envs, seed, size=size,
+                         from_pixels=config.env.from_pixels, sticky=config.env.sticky,
+                         noop_max=config.env.noop_max,
+                         max_episode_steps=config.env.max_episode_steps)
+  except ValueError as error:
+    raise errors.ConfigError(f'--config.task={config.task!r} and the env options: {error}') \
+        from error
 
 
 def make_env_group(config, num_envs: int, seed: int, layout: parallel.Layout,

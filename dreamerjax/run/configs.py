@@ -8,13 +8,18 @@ Experiment files in `experiments/` start from `base()` and set suite values.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import types
 
 import ml_collections
+from absl import logging
 from ml_collections import config_dict
+
+from dreamerjax.run.errors import ConfigError
 
 # Public DreamerV3 shapes (32 stochastic groups for all). `tiny` and `small` are CPU presets.
 SIZES = {
@@ -114,6 +119,129 @@ def _placeholder(kind):
   return config_dict.placeholder(kind)
 
 
+def _section(**values) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(values)
+
+
+def _env_section() -> ml_collections.ConfigDict:
+  c = _section(image_size=64, from_pixels=False, sticky=False, noop_max=30)
+  c.max_episode_steps = _placeholder(int)
+  return c
+
+
+def _run_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.mode = _placeholder(str)         # online, or offline (from run.dataset; see MODES)
+  c.dataset = ''                     # offline: a directory written by scripts/record.py
+  c.steps = 100_000                  # total env steps (all envs together)
+  c.train_ratio = 512.0              # replayed steps (batch * length) per env step
+  c.envs = 4
+  c.batch_size = 16
+  c.batch_length = 64
+  c.replay_capacity = 1_000_000      # env steps held
+  c.prefill = 2_500                  # random-policy env steps before training
+  c.log_every = 1_000                # env steps between metric writes
+  c.eval_every = 10_000              # env steps between evaluations (0: never)
+  c.eval_episodes = 4
+  c.save_every_minutes = 10.0        # 0: after every step
+  c.keep_checkpoints = 3
+  c.force = False                    # start over even if the workdir holds another run
+  c.compile_cache = '~/.cache/dreamerjax/xla'  # persistent XLA cache ('' disables)
+  c.transfer_guard = False           # fail on implicit host<->device copies in the loop (debug)
+  return c
+
+
+def _model_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
+    c[key] = _placeholder(int)
+  c.latent = _placeholder(str)
+  c.dynamics = _placeholder(str)     # rssm or transformer (see DYNAMICS)
+  for key in ('width', 'layers', 'heads', 'context'):  # transformer dynamics
+    c[key] = _placeholder(int)
+  for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
+    c[key] = _placeholder(float)
+  c.reward_head = _placeholder(str)
+  c.update(encoder_layers=3, decoder_layers=3, head_layers=1, norm='layer', act='silu',
+           kernel=4, compute_dtype='float32', bins=255, decoder_scale=1.0, reward_scale=1.0,
+           cont_scale=1.0)
+  return c
+
+
+def _agent_section() -> ml_collections.ConfigDict:
+  c = _section(horizon=15, discount=1.0 - 1.0 / 333.0, lam=0.95)
+  c.entropy = _placeholder(float)
+  c.actor_layers = 3
+  c.critic_layers = 3
+  c.actor_unimix = 0.01
+  c.critic_head = _placeholder(str)
+  c.actor_grad_mix = _placeholder(float)   # 1: REINFORCE, 0: dynamics backprop, -1: auto
+  c.slow_critic_rate = 0.02
+  c.slow_critic_reg = _placeholder(float)
+  c.slow_critic_target = _placeholder(bool)
+  c.return_norm = _placeholder(str)
+  c.return_norm_decay = 0.99
+  c.return_norm_percentiles = (5.0, 95.0)
+  # How imagination discounts by the continue head: 'prob' (its probability, as the 2024 public
+  # DreamerV3 code and DreamerV2) or 'mode' (a hard 0/1 at probability 0.5, as the 2023 code).
+  c.imag_cont = 'prob'
+  # Weight of a second critic loss on lambda returns along the replayed sequences, with their
+  # real rewards and terminals, bootstrapped by the imagined returns (the 2024 code's `repval`,
+  # 0.3 there); 0 disables it.
+  c.replay_critic = _placeholder(float)
+  c.bc_weight = _placeholder(float)        # behaviour cloning toward the data's actions
+  c.actor_objective = _placeholder(str)    # reinforce (with actor_grad_mix) or sign
+  c.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
+  return c
+
+
+def _planner_section() -> ml_collections.ConfigDict:
+  """CEM planning over the learned model (PlaNet), used when agent.policy == 'cem'."""
+  return _section(horizon=12, candidates=1000, elites=100, iterations=10,
+                  explore=0.3,       # continuous: Gaussian action noise; discrete: epsilon
+                  discount=0.99)
+
+
+def _worldmodels_section() -> ml_collections.ConfigDict:
+  """World Models stages (Ha & Schmidhuber 2018), run when variant == 'worldmodels'."""
+  c = ml_collections.ConfigDict()
+  c.episodes = 200         # random-policy episodes recorded for the VAE and MDN-RNN
+  c.max_steps = 50_000     # cap on recorded env steps
+  c.vae_steps = 2_000
+  c.rnn_steps = 4_000
+  c.batch_size = 32
+  c.batch_length = 32
+  c.rnn = 'lstm'           # lstm or gru
+  c.mixtures = 5
+  c.temperature = 1.0      # MDN sampling temperature in the dream
+  c.kl_tolerance = 0.5     # free nats per latent dimension of the VAE KL
+  c.generations = 60       # CMA-ES generations
+  c.population = 32
+  c.rollouts = 8           # dream rollouts per candidate (fitness = mean return)
+  c.sigma = 0.5            # initial CMA-ES step size
+  c.dream_horizon = 300
+  c.ac_steps = 2_000       # updates when agent.policy == 'actor_critic'
+  c.eval_episodes = 8
+  return c
+
+
+def _parallel_section() -> ml_collections.ConfigDict:
+  c = _section(devices=0)  # devices on the data axis (0: all visible)
+  # (regex over TrainState leaf paths, PartitionSpec tuple): shard matching parameters (and their
+  # optimizer moments) FSDP-style, e.g. (('dynamics/.*kernel$', ('data', None)),). The first match
+  # wins; unmatched leaves are replicated. See parallel.state_shardings.
+  c.param_rules = ()
+  return c
+
+
+def _optim_section() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  for key in ('model_lr', 'actor_lr', 'critic_lr'):
+    c[key] = _placeholder(float)
+  c.update(eps=1e-8, actor_critic_eps=1e-5, model_clip=1000.0, actor_critic_clip=100.0)
+  return c
+
+
 def base() -> ml_collections.ConfigDict:
   """Defaults shared by every suite."""
   c = ml_collections.ConfigDict()
@@ -122,126 +250,10 @@ def base() -> ml_collections.ConfigDict:
   c.task = 'CartPole-v1'
   c.variant = 'dreamerv3'
   c.size = '12m'
-
-  c.env = ml_collections.ConfigDict()
-  c.env.image_size = 64
-  c.env.from_pixels = False
-  c.env.sticky = False
-  c.env.noop_max = 30
-  c.env.max_episode_steps = _placeholder(int)
-
-  c.run = ml_collections.ConfigDict()
-  c.run.mode = _placeholder(str)       # online, or offline (from run.dataset; see MODES)
-  c.run.dataset = ''                   # offline: a directory written by scripts/record.py
-  c.run.steps = 100_000                # total env steps (all envs together)
-  c.run.train_ratio = 512.0           # replayed steps (batch * length) per env step
-  c.run.envs = 4
-  c.run.batch_size = 16
-  c.run.batch_length = 64
-  c.run.replay_capacity = 1_000_000    # env steps held
-  c.run.prefill = 2_500                # random-policy env steps before training
-  c.run.log_every = 1_000              # env steps between metric writes
-  c.run.eval_every = 10_000            # env steps between evaluations (0: never)
-  c.run.eval_episodes = 4
-  c.run.save_every_minutes = 10.0
-  c.run.keep_checkpoints = 3
-  c.run.force = False                  # start over even if the workdir holds another run
-  c.run.compile_cache = '~/.cache/dreamerjax/xla'  # persistent XLA cache ('' disables)
-  c.run.transfer_guard = False         # fail on implicit host<->device copies in the loop (debug)
-
-  c.model = ml_collections.ConfigDict()
-  for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
-    c.model[key] = _placeholder(int)
-  c.model.latent = _placeholder(str)
-  c.model.dynamics = _placeholder(str)   # rssm or transformer (see DYNAMICS)
-  for key in ('width', 'layers', 'heads', 'context'):  # transformer dynamics
-    c.model[key] = _placeholder(int)
-  for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
-    c.model[key] = _placeholder(float)
-  c.model.reward_head = _placeholder(str)
-  c.model.encoder_layers = 3
-  c.model.decoder_layers = 3
-  c.model.head_layers = 1
-  c.model.norm = 'layer'
-  c.model.act = 'silu'
-  c.model.kernel = 4
-  c.model.compute_dtype = 'float32'
-  c.model.bins = 255
-  c.model.decoder_scale = 1.0
-  c.model.reward_scale = 1.0
-  c.model.cont_scale = 1.0
-
-  c.agent = ml_collections.ConfigDict()
-  c.agent.horizon = 15
-  c.agent.discount = 1.0 - 1.0 / 333.0
-  c.agent.lam = 0.95
-  c.agent.entropy = _placeholder(float)
-  c.agent.actor_layers = 3
-  c.agent.critic_layers = 3
-  c.agent.actor_unimix = 0.01
-  c.agent.critic_head = _placeholder(str)
-  c.agent.actor_grad_mix = _placeholder(float)   # 1: REINFORCE, 0: dynamics backprop, -1: auto
-  c.agent.slow_critic_rate = 0.02
-  c.agent.slow_critic_reg = _placeholder(float)
-  c.agent.slow_critic_target = _placeholder(bool)
-  c.agent.return_norm = _placeholder(str)
-  c.agent.return_norm_decay = 0.99
-  c.agent.return_norm_percentiles = (5.0, 95.0)
-  # How imagination discounts by the continue head: 'prob' (its probability, as the 2024 public
-  # DreamerV3 code and DreamerV2) or 'mode' (a hard 0/1 at probability 0.5, as the 2023 code).
-  c.agent.imag_cont = 'prob'
-  # Weight of a second critic loss on lambda returns along the replayed sequences, with their
-  # real rewards and terminals, bootstrapped by the imagined returns (the 2024 code's `repval`,
-  # 0.3 there); 0 disables it.
-  c.agent.replay_critic = _placeholder(float)
-  c.agent.bc_weight = _placeholder(float)        # behaviour cloning toward the data's actions
-  c.agent.actor_objective = _placeholder(str)    # reinforce (with actor_grad_mix) or sign
-  c.agent.policy = _placeholder(str)   # see POLICIES; None: the actor-critic
-
-  # CEM planning over the learned model (PlaNet), used when agent.policy == 'cem'.
-  c.planner = ml_collections.ConfigDict()
-  c.planner.horizon = 12
-  c.planner.candidates = 1000
-  c.planner.elites = 100
-  c.planner.iterations = 10
-  c.planner.explore = 0.3              # continuous: Gaussian action noise; discrete: epsilon
-  c.planner.discount = 0.99
-
-  # World Models stages (Ha & Schmidhuber 2018), run when variant == 'worldmodels'.
-  c.worldmodels = ml_collections.ConfigDict()
-  c.worldmodels.episodes = 200         # random-policy episodes recorded for the VAE and MDN-RNN
-  c.worldmodels.max_steps = 50_000     # cap on recorded env steps
-  c.worldmodels.vae_steps = 2_000
-  c.worldmodels.rnn_steps = 4_000
-  c.worldmodels.batch_size = 32
-  c.worldmodels.batch_length = 32
-  c.worldmodels.rnn = 'lstm'           # lstm or gru
-  c.worldmodels.mixtures = 5
-  c.worldmodels.temperature = 1.0      # MDN sampling temperature in the dream
-  c.worldmodels.kl_tolerance = 0.5     # free nats per latent dimension of the VAE KL
-  c.worldmodels.generations = 60       # CMA-ES generations
-  c.worldmodels.population = 32
-  c.worldmodels.rollouts = 8           # dream rollouts per candidate (fitness = mean return)
-  c.worldmodels.sigma = 0.5            # initial CMA-ES step size
-  c.worldmodels.dream_horizon = 300
-  c.worldmodels.ac_steps = 2_000       # updates when agent.policy == 'actor_critic'
-  c.worldmodels.eval_episodes = 8
-
-  c.parallel = ml_collections.ConfigDict()
-  c.parallel.devices = 0                # devices on the data axis (0: all visible)
-  # (regex over TrainState leaf paths, PartitionSpec tuple): shard matching parameters (and their
-  # optimizer moments) FSDP-style, e.g. (('dynamics/.*kernel$', ('data', None)),). The first match
-  # wins; unmatched leaves are replicated. See parallel.state_shardings.
-  c.parallel.param_rules = ()
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.model_lr = _placeholder(float)
-  c.optim.actor_lr = _placeholder(float)
-  c.optim.critic_lr = _placeholder(float)
-  c.optim.eps = 1e-8
-  c.optim.actor_critic_eps = 1e-5
-  c.optim.model_clip = 1000.0
-  c.optim.actor_critic_clip = 100.0
+  c.env, c.run, c.model, c.agent = _env_section(), _run_section(), _model_section(), \
+      _agent_section()
+  c.planner, c.worldmodels = _planner_section(), _worldmodels_section()
+  c.parallel, c.optim = _parallel_section(), _optim_section()
   return c
 
 
@@ -276,19 +288,29 @@ def experiment(arg: str | None, suite: dict, debug: dict | None = None,
                variants: dict | None = None) -> ml_collections.ConfigDict:
   """Builds a suite's config from `base()`, the suite's values and the options string `arg`
   (`task=...,variant=...,size=...,seed=...,debug`). `variants` maps a variant name to suite values
-  for that variant only (applied after the suite's, before `debug`)."""
+  for that variant only (applied after the suite's, before `debug`). The task, size and seed the
+  options name win over all of these (`size=12m,debug` is a short run of the 12m model)."""
   options = parse_options(arg, OPTIONS)
   config = base()
   update(config, suite)
-  for key in ('task', 'variant', 'size'):
-    if key in options:
-      config[key] = options[key]
-  if 'seed' in options:
-    config.seed = int(options['seed'])
+  config.variant = options.get('variant', config.variant)
   update(config, (variants or {}).get(config.variant, {}))
   if options.get('debug'):
     update(config, DEBUG)
     update(config, debug or {})
+    if 'size' in options and options['size'] != DEBUG['size']:
+      logging.info("Options size=%s and debug: the model keeps size %s (debug shortens the run "
+                   "and shrinks the rest).", options['size'], options['size'])
+  # What the options string names wins over the suite's, the variant's and debug's values.
+  for key in ('task', 'size'):
+    if key in options:
+      config[key] = options[key]
+  if 'seed' in options:
+    try:
+      config.seed = int(options['seed'])
+    except ValueError:
+      raise ConfigError(f"experiment option seed={options['seed']!r} is not a whole number") \
+          from None
   return config
 
 
@@ -310,15 +332,15 @@ def parse_options(arg: str | None, allowed: set[str]) -> dict[str, str | bool]:
     key, _, value = item.partition('=')
     key = key.strip()
     if key not in allowed:
-      raise ValueError(f'unknown experiment option {key!r}; known options: {sorted(allowed)}')
+      raise ConfigError(f'unknown experiment option {key!r}; known options: {sorted(allowed)}')
     options[key] = value.strip() if value else True
   return options
 
 
-def _unknown(kind: str, name: str, known) -> ValueError:
+def _unknown(kind: str, name: str, known) -> ConfigError:
   close = difflib.get_close_matches(str(name), list(known), n=3, cutoff=0.4)
   hint = f' Did you mean {", ".join(close)}?' if close else ''
-  return ValueError(f'unknown {kind} {name!r}.{hint} Known: {", ".join(known)}.')
+  return ConfigError(f'unknown {kind} {name!r}.{hint} Known: {", ".join(known)}.')
 
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -340,34 +362,202 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """The values one option may take: a number in `[low, high]` (an open end where `open_low` or
+  `open_high`), a whole number if `integer` (and a multiple of `multiple`), one of `choices`, or
+  one of the `extra` values outside the range (-1 for "auto"). `optional`: None is allowed too.
+  `length`: a tuple of that many numbers, each in the range."""
+
+  low: float | None = None
+  high: float | None = None
+  open_low: bool = False
+  open_high: bool = False
+  integer: bool = False
+  multiple: int = 1
+  choices: tuple = ()
+  extra: tuple = ()
+  optional: bool = False
+  length: int = 0
+
+  def describe(self) -> str:
+    """What the rule allows, as the message after `must be`."""
+    if self.choices:
+      text = 'one of ' + ', '.join(str(c) for c in self.choices)
+    elif self.low is not None and self.high is not None:
+      text = (f'in {"(" if self.open_low else "["}{_number(self.low)}, {_number(self.high)}'
+              f'{")" if self.open_high else "]"}')
+    elif self.low is not None:
+      text = f'{">" if self.open_low else ">="} {_number(self.low)}'
+    else:
+      text = f'{"<" if self.open_high else "<="} {_number(self.high)}'
+    if self.multiple > 1:
+      text += f' and a multiple of {self.multiple}'
+    if self.extra:
+      text = ' or '.join(_number(e) for e in self.extra) + ' or ' + text
+    if self.length:
+      text = f'{self.length} numbers, each {text}'
+    return ('None or ' if self.optional else '') + text
+
+  def allows(self, value) -> bool:
+    if self.choices:
+      return value in self.choices
+    if value is None:
+      return self.optional
+    if self.length:
+      return (isinstance(value, (tuple, list)) and len(value) == self.length
+              and all(dataclasses.replace(self, length=0).allows(v) for v in value))
+    if value in self.extra and not isinstance(value, bool):
+      return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      return False
+    if self.integer and (not isinstance(value, int) or value % self.multiple):
+      return False
+    if not math.isfinite(value):
+      return False
+    return not ((self.low is not None and (value < self.low or self.open_low and value == self.low))
+                or (self.high is not None
+                    and (value > self.high or self.open_high and value == self.high)))
+
+  def refused_example(self):
+    """A value the rule refuses (for tests), of the option's type."""
+    if self.choices:
+      return 'not-' + str(self.choices[-1])
+    candidates = [bound + offset for bound, offset in ((self.low, -1), (self.low, -0.5),
+                                                       (self.high, 1)) if bound is not None]
+    kind = int if self.integer else float
+    for value in [kind(v) for v in candidates] + [float('nan')]:
+      value = (value, value) if self.length else value
+      if not self.allows(value):
+        return value
+    raise AssertionError(f'{self} refuses nothing')
+
+
+def _number(value: float) -> str:
+  return str(int(value)) if float(value).is_integer() else f'{value:g}'
+
+
+def _count(low: int = 1, **kwargs) -> Rule:
+  """A whole number >= `low`."""
+  return Rule(low=low, integer=True, **kwargs)
+
+
+def _positive(high: float | None = None) -> Rule:
+  return Rule(low=0.0, open_low=True, high=high)
+
+
+_NON_NEGATIVE = Rule(low=0.0)
+_FRACTION = Rule(low=0.0, high=1.0)           # [0, 1]
+_MIX = Rule(low=0.0, high=1.0, open_high=True)  # [0, 1): a share mixed in
+_DISCOUNT = Rule(low=0.0, high=1.0, open_low=True)  # (0, 1]
+_SEED = _count(0, high=2**30)  # plus offsets (seeds, evaluations) it must still fit in int32
+
+# The valid values of every option with a range or a set of choices, in one table: `validate`
+# checks each (naming the flag), tests/test_configs.py checks that every numeric option of every
+# variant has a rule here and that each rule refuses a value outside it. Checks that relate
+# several options are in `_cross_field_problems`.
+RULES: dict[str, Rule] = {
+    'seed': _SEED, 'num_seeds': _count(1),
+    'env.image_size': _count(16, multiple=16), 'env.noop_max': _count(0),
+    'env.max_episode_steps': _count(1, optional=True),
+    'run.mode': Rule(choices=MODES), 'run.steps': _count(1), 'run.train_ratio': _positive(),
+    'run.envs': _count(1), 'run.batch_size': _count(1), 'run.batch_length': _count(2),
+    'run.replay_capacity': _count(1), 'run.prefill': _count(0), 'run.log_every': _count(1),
+    'run.eval_every': _count(0), 'run.eval_episodes': _count(1),
+    'run.save_every_minutes': _NON_NEGATIVE, 'run.keep_checkpoints': _count(1),
+    **{f'model.{key}': _count(1) for key in ('deter', 'hidden', 'stoch', 'classes', 'depth',
+                                             'units', 'blocks', 'width', 'layers', 'heads',
+                                             'context', 'kernel')},
+    'model.latent': Rule(choices=('categorical', 'gaussian')),
+    'model.dynamics': Rule(choices=DYNAMICS), 'model.unimix': _MIX,
+    **{f'model.{key}': _NON_NEGATIVE for key in ('free_nats', 'dyn_scale', 'rep_scale',
+                                                 'decoder_scale', 'reward_scale', 'cont_scale')},
+    'model.reward_head': Rule(choices=('twohot', 'mse')),
+    **{f'model.{key}': _count(0) for key in ('encoder_layers', 'decoder_layers', 'head_layers')},
+    'model.norm': Rule(choices=('layer', 'rms', 'none')),
+    'model.act': Rule(choices=('silu', 'elu', 'relu', 'tanh')),
+    'model.compute_dtype': Rule(choices=('float32', 'bfloat16')), 'model.bins': _count(2),
+    'agent.horizon': _count(1), 'agent.discount': _DISCOUNT, 'agent.lam': _FRACTION,
+    'agent.entropy': _NON_NEGATIVE, 'agent.actor_layers': _count(0),
+    'agent.critic_layers': _count(0), 'agent.actor_unimix': _MIX,
+    'agent.critic_head': Rule(choices=('twohot', 'mse')),
+    'agent.actor_grad_mix': Rule(low=0.0, high=1.0, extra=(-1.0,)),
+    'agent.slow_critic_rate': _DISCOUNT, 'agent.slow_critic_reg': _NON_NEGATIVE,
+    'agent.return_norm': Rule(choices=('percentile', 'none')), 'agent.return_norm_decay': _MIX,
+    'agent.return_norm_percentiles': Rule(low=0.0, high=100.0, length=2),
+    'agent.imag_cont': Rule(choices=('prob', 'mode')), 'agent.replay_critic': _NON_NEGATIVE,
+    'agent.bc_weight': _NON_NEGATIVE, 'agent.actor_objective': Rule(choices=ACTOR_OBJECTIVES),
+    'agent.policy': Rule(choices=POLICIES),
+    **{f'planner.{key}': _count(1) for key in ('horizon', 'candidates', 'elites', 'iterations')},
+    'planner.explore': _FRACTION, 'planner.discount': _DISCOUNT,
+    **{f'worldmodels.{key}': _count(1) for key in (
+        'episodes', 'max_steps', 'vae_steps', 'rnn_steps', 'batch_size', 'mixtures',
+        'generations', 'rollouts', 'dream_horizon', 'ac_steps', 'eval_episodes')},
+    'worldmodels.batch_length': _count(2), 'worldmodels.population': _count(4),
+    'worldmodels.rnn': Rule(choices=('lstm', 'gru')), 'worldmodels.temperature': _positive(),
+    'worldmodels.kl_tolerance': _NON_NEGATIVE, 'worldmodels.sigma': _positive(),
+    'parallel.devices': _count(0),
+    **{f'optim.{key}': _positive(high=1.0) for key in ('model_lr', 'actor_lr', 'critic_lr')},
+    **{f'optim.{key}': _positive() for key in ('eps', 'actor_critic_eps', 'model_clip',
+                                               'actor_critic_clip')},
+}
+
+
+def lookup(config: ml_collections.ConfigDict, path: str):
+  """The value of a dotted option path (`run.steps`)."""
+  for key in path.split('.'):
+    config = config[key]
+  return config
+
+
+def all_options(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Dotted paths of every option of `config`."""
+  paths = []
+  for key in config.keys():
+    value = config[key]
+    paths.extend(all_options(value, f'{prefix}{key}.') if isinstance(
+        value, ml_collections.ConfigDict) else [f'{prefix}{key}'])
+  return paths
+
+
+def numeric_options(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Dotted paths of every option of `config` that holds (or is typed to hold) numbers."""
+  paths = []
+  for key in config.keys():
+    value, path = config[key], f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      paths.extend(numeric_options(value, path + '.'))
+      continue
+    kind = config.get_type(key)
+    numbers = isinstance(value, (tuple, list)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if numbers or (kind in (int, float) and kind is not bool):
+      paths.append(path)
+  return paths
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-  """Raises ValueError naming the flag to change for values that cannot work on `num_devices`
-  devices of the data axis (over all processes: each process steps its share of the envs)."""
+  """Raises ConfigError naming the flags to change for values that cannot work on `num_devices`
+  devices of the data axis (over all processes: each process steps its share of the envs): each
+  option against its rule in `RULES`, then the checks that relate options to each other."""
+  problems = [f'--config.{path} must be {rule.describe()} (got {lookup(config, path)!r})'
+              for path, rule in RULES.items() if not rule.allows(lookup(config, path))]
+  if not problems:  # the relations assume that each value is in its range
+    problems = _cross_field_problems(config, num_devices)
+  if problems:
+    raise ConfigError('invalid config: ' + '; '.join(problems))
+
+
+def _cross_field_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   from dreamerjax.run import parallel  # imports jax; keep this module light
 
-  run = config.run
-  problems = []
-  if config.num_seeds < 1:
-    problems.append(f'--config.num_seeds must be >= 1 (got {config.num_seeds})')
-  problems.extend(parallel.check_rules(config.parallel.param_rules))
-  if config.run.mode not in MODES:
-    problems.append(f'--config.run.mode={run.mode!r} is not one of {MODES}')
-  if run.train_ratio <= 0:
-    problems.append(f'--config.run.train_ratio must be > 0 (got {run.train_ratio}); it counts '
-                    'replayed steps per env step')
-  if run.steps <= 0:
-    problems.append(f'--config.run.steps must be > 0 (got {run.steps})')
-  if run.envs < 1:
-    problems.append(f'--config.run.envs must be >= 1 (got {run.envs})')
-  if run.batch_size < 1 or run.batch_length < 2:
-    problems.append('--config.run.batch_size must be >= 1 and --config.run.batch_length >= 2')
-  if run.batch_size % num_devices:
-    problems.append(f'--config.run.batch_size={run.batch_size} is not divisible by the '
-                    f'{num_devices} devices of the data axis; use a multiple of {num_devices}')
-  if run.envs % num_devices:
-    problems.append(f'--config.run.envs={run.envs} is not divisible by the {num_devices} devices '
-                    f'of the data axis; use a multiple of {num_devices}')
-  per_env = run.replay_capacity // max(run.envs, 1)
+  run, model, agent = config.run, config.model, config.agent
+  problems = list(parallel.check_rules(config.parallel.param_rules))
+  for name in ('batch_size', 'envs'):
+    if run[name] % num_devices:
+      problems.append(f'--config.run.{name}={run[name]} is not divisible by the {num_devices} '
+                      f'devices of the data axis; use a multiple of {num_devices}')
+  per_env = run.replay_capacity // run.envs
   if per_env < run.batch_length:
     problems.append(f'--config.run.replay_capacity={run.replay_capacity} holds {per_env} steps per '
                     f'env, fewer than one sequence of batch_length={run.batch_length}; raise it to '
@@ -375,88 +565,30 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if run.replay_capacity < run.batch_size * run.batch_length:
     problems.append(f'--config.run.replay_capacity={run.replay_capacity} is smaller than one batch '
                     f'({run.batch_size}x{run.batch_length}); raise it')
-  model, agent = config.model, config.agent
-  if model.latent not in ('categorical', 'gaussian'):
-    problems.append(f'--config.model.latent must be categorical or gaussian (got {model.latent!r})')
-  for name, value in (('reward_head', model.reward_head), ('critic_head', agent.critic_head)):
-    if value not in ('twohot', 'mse'):
-      problems.append(f'--config.*.{name} must be twohot or mse (got {value!r})')
   if model.deter % model.blocks:
     problems.append(f'--config.model.deter={model.deter} must be divisible by '
                     f'--config.model.blocks={model.blocks}')
-  if not 0.0 <= agent.lam <= 1.0 or not 0.0 < agent.discount <= 1.0:
-    problems.append('--config.agent.lam must be in [0, 1] and --config.agent.discount in (0, 1]')
-  if agent.imag_cont not in ('prob', 'mode'):
-    problems.append(f'--config.agent.imag_cont must be prob or mode (got {agent.imag_cont!r})')
-  if agent.replay_critic < 0:
-    problems.append(f'--config.agent.replay_critic must be >= 0 (got {agent.replay_critic})')
-  if agent.return_norm not in ('percentile', 'none'):
-    problems.append(f'--config.agent.return_norm must be percentile or none '
-                    f'(got {agent.return_norm!r})')
-  if agent.get('policy') not in POLICIES:
-    problems.append(f'--config.agent.policy must be one of {POLICIES[1:]} (got {agent.policy!r})')
-  if agent.get('policy') == 'cem':
-    plan = config.planner
-    if min(plan.horizon, plan.candidates, plan.elites, plan.iterations) < 1:
-      problems.append('--config.planner.horizon, .candidates, .elites and .iterations must be >= 1')
-    if plan.elites > plan.candidates:
-      problems.append(f'--config.planner.elites={plan.elites} must not exceed '
-                      f'--config.planner.candidates={plan.candidates}')
-    if not 0.0 <= plan.explore <= 1.0:
-      problems.append(f'--config.planner.explore must be in [0, 1] (got {plan.explore})')
-  if agent.get('policy') == 'cmaes' and config.variant != 'worldmodels':
+  low, high = agent.return_norm_percentiles
+  if low >= high:
+    problems.append(f'--config.agent.return_norm_percentiles={agent.return_norm_percentiles} must '
+                    'be (low, high) with low < high')
+  if config.planner.elites > config.planner.candidates:
+    problems.append(f'--config.planner.elites={config.planner.elites} must not exceed '
+                    f'--config.planner.candidates={config.planner.candidates}')
+  return problems + _policy_problems(config) + _transformer_problems(config)
+
+
+def _policy_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Policies that only some variants (or modes) can train."""
+  agent, run, problems = config.agent, config.run, []
+  if agent.policy == 'cmaes' and config.variant != 'worldmodels':
     problems.append('--config.agent.policy=cmaes needs --config.variant=worldmodels')
   if config.variant == 'worldmodels':
-    wm = config.worldmodels
-    if agent.get('policy') not in ('cmaes', 'actor_critic'):
+    if agent.policy not in ('cmaes', 'actor_critic'):
       problems.append(f'--config.agent.policy must be cmaes or actor_critic for worldmodels '
                       f'(got {agent.policy!r})')
-    if wm.rnn not in ('lstm', 'gru'):
-      problems.append(f'--config.worldmodels.rnn must be lstm or gru (got {wm.rnn!r})')
-    if wm.mixtures < 1 or wm.temperature <= 0:
-      problems.append('--config.worldmodels.mixtures must be >= 1 and '
-                      '--config.worldmodels.temperature > 0')
-    if wm.population < 4 or wm.generations < 1 or wm.rollouts < 1:
-      problems.append('--config.worldmodels.population must be >= 4, .generations and '
-                      '.rollouts >= 1')
-    if model.latent != 'gaussian':
+    if config.model.latent != 'gaussian':
       problems.append('--config.model.latent must be gaussian for worldmodels (the VAE latent)')
-  problems.extend(_transformer_problems(config))
-  if model.compute_dtype not in ('float32', 'bfloat16'):
-    problems.append('--config.model.compute_dtype must be float32 or bfloat16')
-  if problems:
-    raise ValueError('invalid config:\n  - ' + '\n  - '.join(problems))
-
-
-def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Checks of the Transformer dynamics and offline-mode keys."""
-  model, agent, run = config.model, config.agent, config.run
-  problems = []
-  if model.dynamics not in DYNAMICS:
-    problems.append(f'--config.model.dynamics must be one of {DYNAMICS} (got {model.dynamics!r})')
-  if model.dynamics == 'transformer':
-    if model.latent != 'categorical':
-      problems.append('--config.model.latent must be categorical with '
-                      '--config.model.dynamics=transformer')
-    if min(model.width, model.layers, model.heads, model.context) < 1:
-      problems.append('--config.model.width, .layers, .heads and .context must be >= 1')
-    elif model.width % model.heads or (model.width // model.heads) % 2:
-      problems.append(f'--config.model.width={model.width} must be divisible by '
-                      f'--config.model.heads={model.heads} into an even head size (rotary '
-                      'positions rotate pairs)')
-    if model.context >= 1 and run.batch_length < 2 * model.context:
-      # Every training sequence starts from a fresh state. With T <= C steps, every window the
-      # model attends over holds that start token, so it never learns the mid-episode windows
-      # it meets after C steps of a real episode (there the features drift out of distribution).
-      problems.append(f'--config.run.batch_length={run.batch_length} must be at least twice '
-                      f'--config.model.context={model.context} with Transformer dynamics, so '
-                      'that most training windows lie wholly inside an episode: raise '
-                      'batch_length or lower context')
-  if agent.actor_objective not in ACTOR_OBJECTIVES:
-    problems.append(f'--config.agent.actor_objective must be one of {ACTOR_OBJECTIVES} '
-                    f'(got {agent.actor_objective!r})')
-  if agent.bc_weight < 0:
-    problems.append(f'--config.agent.bc_weight must be >= 0 (got {agent.bc_weight})')
   if run.mode == 'offline' and config.num_seeds != 1:
     problems.append('--config.num_seeds must be 1 with --config.run.mode=offline')
   if run.mode == 'offline' and not run.dataset:
@@ -465,4 +597,27 @@ def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
   elif run.mode == 'offline' and not os.path.isfile(os.path.join(run.dataset, 'manifest.json')):
     problems.append(f'--config.run.dataset={run.dataset!r} holds no manifest.json; record a '
                     'dataset there with scripts/record.py')
+  return problems
+
+
+def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Checks of the Transformer dynamics keys."""
+  model, run, problems = config.model, config.run, []
+  if model.dynamics != 'transformer':
+    return problems
+  if model.latent != 'categorical':
+    problems.append('--config.model.latent must be categorical with '
+                    '--config.model.dynamics=transformer')
+  if model.width % model.heads or (model.width // model.heads) % 2:
+    problems.append(f'--config.model.width={model.width} must be divisible by '
+                    f'--config.model.heads={model.heads} into an even head size (rotary '
+                    'positions rotate pairs)')
+  if run.batch_length < 2 * model.context:
+    # Every training sequence starts from a fresh state. With T <= C steps, every window the
+    # model attends over holds that start token, so it never learns the mid-episode windows
+    # it meets after C steps of a real episode (there the features drift out of distribution).
+    problems.append(f'--config.run.batch_length={run.batch_length} must be at least twice '
+                    f'--config.model.context={model.context} with Transformer dynamics, so '
+                    'that most training windows lie wholly inside an episode: raise '
+                    'batch_length or lower context')
   return problems

@@ -8,24 +8,31 @@ Layout inside a run's workdir::
     videos/<name>_<step>.gif
     plots/<key>.png      written by :func:`plot_curve`
 
-``metrics.jsonl`` is only ever appended to, so a resumed run continues the same file. A line
-cut short by a crash is dropped when the file is reopened and skipped by :func:`read_metrics`.
-Only the process with ``enabled=True`` (JAX process 0) writes anything.
+``metrics.jsonl`` is appended to, so a resumed run continues the same file: first its rows above
+the step the run goes on from (written after the checkpoint it restored) move to a side file,
+``metrics.jsonl.cut-<step>-<time>``, so that the history only moves forward; TensorBoard hides
+those steps too (`purge_step`). A line cut short by a crash goes with them, and is skipped by
+:func:`read_metrics`. Only the process with ``enabled=True`` (JAX process 0) writes anything.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
+import itertools
 import json
 import logging as pylogging
 import math
 import os
 import time
 import warnings
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+from absl import logging as absl_logging
+
+from dreamerjax.run import errors
 
 METRICS_FILE = 'metrics.jsonl'
 RETURN_KEY = 'episode/return'
@@ -79,8 +86,127 @@ def _drop_partial_last_line(path: str) -> None:
         f.truncate(keep)
 
 
+@contextlib.contextmanager
+def _storage_faults(doing: str) -> Iterator[None]:
+    """Turns a full or failing disk met while `doing` into `errors.StorageError`."""
+    try:
+        yield
+    except OSError as error:
+        fault = errors.storage_error(error, doing)
+        if fault is None:
+            raise
+        raise fault from error
+
+
+def _write_lines(path: str, lines: list[str]) -> None:
+    """Writes `lines` to `path` and syncs it to disk."""
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(''.join(line + '\n' for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut_history(workdir: str, step: int) -> tuple[int, str | None]:
+    """Cuts metrics.jsonl back to the rows at or below `step` (where a resumed run goes on
+    from), so its history only moves forward. The rows cut (and a line cut short by a crash) go
+    to ``metrics.jsonl.cut-<step>-<time>`` beside it, which is written before metrics.jsonl is
+    replaced: a crash in between leaves rows in both, never in neither.
+
+    Returns:
+        (rows cut, the side file) or (0, None) if nothing was above `step`.
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return 0, None
+    with open(path, encoding='utf-8', errors='replace') as f:
+        text = f.read()
+    lines = text.split('\n')
+    keep, cut = [], []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line).get('step') if index < len(lines) - 1 else None
+        except (json.JSONDecodeError, AttributeError):
+            row_step = None
+        ok = isinstance(row_step, (int, float)) and not isinstance(row_step, bool)
+        (keep if ok and row_step <= step else cut).append(line)
+    if not cut:
+        return 0, None
+    side = base = f'{path}.cut-{int(step)}-{time.strftime("%Y%m%dT%H%M%S")}'
+    for suffix in itertools.count(1):
+        if not os.path.exists(side):
+            break
+        side = f'{base}.{suffix}'
+    _write_lines(side, cut)
+    _write_lines(path + '.tmp', keep)
+    os.replace(path + '.tmp', path)
+    return len(cut), side
+
+
+_event_files = itertools.count()
+
+
+class _EventFile:
+    """TensorBoard events written in the caller's thread.
+
+    tensorboardX's `SummaryWriter` writes from a thread: when the disk fills, that thread dies
+    with a traceback and the next writes block on its full queue. Here a failed write raises in
+    the loop. ``purge_step`` does what `SummaryWriter(purge_step=...)` does: TensorBoard hides
+    the events of earlier files at that step and later ones (those a resumed run writes again).
+    """
+
+    def __init__(self, logdir: str, purge_step: int | None = None, flush_secs: float = 30.0):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2
+
+        self._event_pb2 = event_pb2
+        os.makedirs(logdir, exist_ok=True)
+        # Two files opened in one second would share a name (and the second empty the first).
+        self._writer = EventsWriter(os.path.join(logdir, 'events'),
+                                    f'.{os.getpid()}.{next(_event_files)}')
+        if purge_step is not None:
+            self._writer.write_event(event_pb2.Event(step=purge_step,
+                                                     file_version='brain.Event:2'))
+            self._writer.write_event(event_pb2.Event(step=purge_step, session_log=(
+                event_pb2.SessionLog(status=event_pb2.SessionLog.START))))
+        self._writer.flush()
+        self._flush_secs, self._last_flush = flush_secs, time.monotonic()
+
+    def add(self, summary, step: int) -> None:
+        self._writer.write_event(self._event_pb2.Event(summary=summary, step=int(step),
+                                                       wall_time=time.time()))
+        if time.monotonic() - self._last_flush >= self._flush_secs:
+            self.flush()
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.summary import scalar
+
+        self.add(scalar(tag, value), step)
+
+    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        from tensorboardX.summary import image as image_summary
+
+        self.add(image_summary(tag, image, dataformats='HWC'), step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _has_events(logdir: str) -> bool:
+    return os.path.isdir(logdir) and any('tfevents' in name for name in os.listdir(logdir))
+
+
 class Logger:
-    """Writes metrics of one run. Every method is a no-op when ``enabled`` is False."""
+    """Writes metrics of one run. Every method is a no-op when ``enabled`` is False.
+
+    A full or failing disk raises `errors.StorageError` from the call that met it (or, for
+    faults of background threads, from the next `write` or `progress`).
+    """
 
     def __init__(
         self,
@@ -91,9 +217,13 @@ class Logger:
         console_every_s: float = 10.0,
         unit: str = 'env steps',
         return_key: str = RETURN_KEY,
+        resume_step: int | None = None,
     ):
         """``unit`` names what ``step`` counts on the progress line (offline runs count
-        updates); ``return_key`` is the metric whose last 10 values the line averages."""
+        updates); ``return_key`` is the metric whose last 10 values the line averages.
+        ``resume_step``: the step a run goes on from (its restored checkpoint's; 0 for a run
+        that starts over, -1 for one that writes every step again): the history above it is
+        cut (`cut_history`) and TensorBoard hides it, before anything new is written."""
         self.workdir = workdir
         self.unit = unit
         self.return_key = return_key
@@ -109,14 +239,25 @@ class Logger:
         self._video_warned = False
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, METRICS_FILE)
-        _drop_partial_last_line(path)
+        with _storage_faults('opening the run\'s logs in ' + workdir):
+            self._open(tensorboard, resume_step)
+
+    def _open(self, tensorboard: bool, resume_step: int | None) -> None:
+        os.makedirs(self.workdir, exist_ok=True)
+        path = os.path.join(self.workdir, METRICS_FILE)
+        if resume_step is None:
+            _drop_partial_last_line(path)
+        else:
+            count, side = cut_history(self.workdir, resume_step)
+            if count:
+                absl_logging.info('The run goes on from step %d: moved the %d rows of %s above '
+                                  'it to %s.', resume_step, count, METRICS_FILE,
+                                  os.path.basename(side))
         self._file = open(path, 'a', encoding='utf-8')
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(os.path.join(workdir, 'tensorboard'), flush_secs=30)
+            logdir = os.path.join(self.workdir, 'tensorboard')
+            purge = resume_step + 1 if resume_step is not None and _has_events(logdir) else None
+            self._writer = _EventFile(logdir, purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any], seed: int | None = None) -> None:
         """Appends ``{"step": step, **metrics}`` to metrics.jsonl and TensorBoard.
@@ -124,6 +265,7 @@ class Logger:
         ``seed`` (runs of several seeds, ``config.num_seeds > 1``) tags the row of one seed:
         ``{"step": step, "seed": seed, **metrics}``, and TensorBoard tags ``<key>/seed<seed>``.
         """
+        errors.raise_pending()
         if not self.enabled or self._file is None:
             return
         if 'step' in metrics or 'seed' in metrics:
@@ -131,14 +273,16 @@ class Logger:
         step = int(step)
         values = {k: _to_float(k, v) for k, v in metrics.items()}
         row = {'step': step, **({} if seed is None else {'seed': int(seed)}), **values}
-        self._file.write(json.dumps(row, allow_nan=False) + '\n')
-        self._file.flush()
+        with _storage_faults(f'writing {METRICS_FILE}'):
+            self._file.write(json.dumps(row, allow_nan=False) + '\n')
+            self._file.flush()
         if values.get(self.return_key) is not None:
             self._returns.append(values[self.return_key])
         if self._writer is not None:
             suffix = '' if seed is None else f'/seed{int(seed)}'
-            for k, v in values.items():
-                self._writer.add_scalar(k + suffix, float('nan') if v is None else v, step)
+            with _storage_faults('writing TensorBoard events'):
+                for k, v in values.items():
+                    self._writer.add_scalar(k + suffix, float('nan') if v is None else v, step)
 
     def progress(self, step: int, updates: int, force: bool = False) -> str | None:
         """Prints one progress line at most every ``console_every_s`` (always when ``force``).
@@ -146,6 +290,7 @@ class Logger:
         Rates are measured over the interval since the previously printed line (the first call
         only starts the clock unless ``force``). Returns the printed line, or None.
         """
+        errors.raise_pending()
         if not self.enabled:
             return None
         now = self._clock()
@@ -206,24 +351,36 @@ class Logger:
         os.makedirs(os.path.join(self.workdir, 'videos'), exist_ok=True)
         path = os.path.join(self.workdir, 'videos', f'{name.replace("/", "_")}_{int(step)}.gif')
         images = [Image.fromarray(f) for f in frames]
-        images[0].save(
-            path, save_all=True, append_images=images[1:],
-            duration=max(1, round(1000 / fps)), loop=0,
-        )
+        with _storage_faults(f'writing the video {os.path.basename(path)}'):
+            images[0].save(
+                path, save_all=True, append_images=images[1:],
+                duration=max(1, round(1000 / fps)), loop=0,
+            )
         return path
 
     def image(self, step: int, name: str, image: Any) -> None:
         """Writes a uint8 ``[H, W, C]`` image to TensorBoard (e.g. a strip of video frames)."""
         if self._writer is not None:
-            self._writer.add_image(name, np.asarray(image), int(step), dataformats='HWC')
+            with _storage_faults('writing TensorBoard events'):
+                self._writer.add_image(name, np.asarray(image), int(step))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        """Flushes and closes the files; raises `errors.StorageError` if the disk refuses."""
+        file, writer, self._file, self._writer = self._file, self._writer, None, None
+        with _storage_faults('closing the run\'s logs'):
+            try:
+                if file is not None:
+                    file.close()
+            finally:
+                if writer is not None:
+                    writer.close()
+
+    def abandon(self) -> None:
+        """Closes the files after an error, without raising."""
+        try:
+            self.close()
+        except OSError:
+            pass
 
     def __enter__(self) -> Logger:
         return self
@@ -309,11 +466,12 @@ def plot_curve(workdir: str, key: str = RETURN_KEY, out: str | None = None) -> s
 
 
 class _DropLibraryInfo(pylogging.Filter):
-    """Drops INFO records of chatty libraries (orbax logs every save step at INFO)."""
+    """Drops INFO records of chatty libraries (orbax logs every save step at INFO; jax says on
+    every machine without a TPU that it found none)."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
         return record.levelno > pylogging.INFO or not any(
-            part in record.pathname for part in ('/orbax/', '/etils/'))
+            part in record.pathname for part in ('/orbax/', '/etils/', '/jax/_src/xla_bridge'))
 
 
 def quiet_library_logs() -> None:

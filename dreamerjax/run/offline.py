@@ -64,38 +64,48 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = make_state()
   counters = {'updates': 0}
   checkpointer = common.open_checkpointer(workdir, keep=run_config.keep_checkpoints)
-  restored = checkpointer.restore_latest({'agent': state})
-  if restored is not None:
-    state, counters = restored[1]['agent'], restored[2]['counters']
-  logger = common.open_logger(workdir, run_config.steps, unit='updates',
-                              return_key=EVAL_RETURN_KEY)
+  logger = None
   save = lambda: checkpointer.save(  # noqa: E731
       counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
-  start, last_save, metrics = time.monotonic(), time.monotonic(), None
-  interrupted = None
-  with common.StopFlag() as stop:  # SIGTERM/SIGINT: checkpoint, then exit cleanly
-    while counters['updates'] < run_config.steps:
-      state, metrics = programs.train(state, replay_state)
-      counters['updates'] += 1
-      step = counters['updates']
-      if step % run_config.log_every == 0 or step == run_config.steps:
-        fetched = parallel.to_host(metrics)
-        check_finite(fetched, step)
-        logger.write(step, {**fetched, 'run/updates': step,
-                            'run/seconds': time.monotonic() - start})
-      if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
-        returns = common.evaluate(agent, programs, state, config, layout,
-                                  run_config.eval_episodes, config.seed + 10_000 + step)
-        logger.write(step, eval_metrics(returns))
-      logger.progress(step, step)
-      if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
-        save()
-        last_save = time.monotonic()
-      if stop.signal is not None:
-        interrupted = stop.signal
-        break
-  save()
-  checkpointer.close()
+  start, metrics, interrupted = time.monotonic(), None, None
+  # SIGTERM/SIGINT: stop at the next update and checkpoint; held until that checkpoint is written.
+  with common.StopFlag() as stop:
+    try:
+      restored = checkpointer.restore_latest({'agent': state})
+      if restored is not None:
+        state, counters = restored[1]['agent'], restored[2]['counters']
+      logger = common.open_logger(workdir, run_config.steps, unit='updates',
+                                  return_key=EVAL_RETURN_KEY, resume_step=counters['updates'])
+      last_save = time.monotonic()
+      while counters['updates'] < run_config.steps:
+        state, metrics = programs.train(state, replay_state)
+        counters['updates'] += 1
+        step = counters['updates']
+        if step % run_config.log_every == 0 or step == run_config.steps:
+          fetched = parallel.to_host(metrics)
+          check_finite(fetched, step)
+          logger.write(step, {**fetched, 'run/updates': step,
+                              'run/seconds': time.monotonic() - start})
+        if run_config.eval_every and (step % run_config.eval_every == 0
+                                      or step == run_config.steps):
+          returns = common.evaluate(agent, programs, state, config, layout,
+                                    run_config.eval_episodes, config.seed + 10_000 + step)
+          logger.write(step, eval_metrics(returns))
+        logger.progress(step, step)
+        checkpointer.check()
+        if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
+          save()
+          last_save = time.monotonic()
+        if stop.signal is not None:
+          interrupted = stop.signal
+          break
+      save()
+      checkpointer.close()
+    except BaseException:
+      checkpointer.abandon()
+      if logger is not None:
+        logger.abandon()
+      raise
   logger.close()
   summary = dict(counters, dataset_steps=loaded * manifest['envs'], interrupted=interrupted,
                  seconds=time.monotonic() - start)

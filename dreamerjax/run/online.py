@@ -54,8 +54,15 @@ class OnlineLoop:
     logging.info('Parameters per seed: %s', {k: f'{v:,}' for k, v in counts.items()})
     self.counters = {'env_step': 0, 'updates': 0, 'train_credit': 0.0, 'episodes': 0}
     self.checkpointer = common.open_checkpointer(workdir, keep=run_config.keep_checkpoints)
-    self._restore()
-    self.logger = common.open_logger(workdir, run_config.steps)
+    self.logger = None
+    try:
+      self._restore()
+      # The history after the restored step is cut before anything new is written.
+      self.logger = common.open_logger(workdir, run_config.steps,
+                                       resume_step=self.counters['env_step'])
+    except BaseException:
+      self.abandon()
+      raise
     self.seed_field = (lambda k: k) if layout.stacked else (lambda k: None)
     self.multi_process = jax.process_count() > 1
     self.guard = ((lambda: jax.transfer_guard('disallow')) if run_config.transfer_guard
@@ -64,7 +71,11 @@ class OnlineLoop:
     self.updates_per_step = run_config.train_ratio / (run_config.batch_size
                                                       * run_config.batch_length)
     self.scalar = parallel.replicated(layout.mesh)
-    self._start()
+    try:
+      self._start()
+    except BaseException:
+      self.abandon()
+      raise
 
   def _restore(self) -> None:
     """The state, replay and counters of the newest checkpoint, if there is one."""
@@ -175,39 +186,55 @@ class OnlineLoop:
                            {'agent': self.state, 'replay': self.replay_state},
                            {'counters': self.counters, 'config': self.config.to_dict()})
 
-  def run(self) -> str | None:
-    """Steps the envs until `run.steps`; returns the signal that stopped it early, if one did."""
+  def run(self, stop: common.StopFlag) -> str | None:
+    """Steps the envs until `run.steps`; returns the signal that stopped it early, if one did.
+    A full disk, or a fault of a background save, ends it within a second (StorageError)."""
     run_config = self.config.run
-    with common.StopFlag() as stop:
-      while self.counters['env_step'] < run_config.steps:
-        with self.guard():
-          self._act()
-        step = self.counters['env_step']
-        at_log = step - self.last_log >= run_config.log_every or step >= run_config.steps
-        if at_log or not self.multi_process:
-          self._write_episodes()
-        if at_log:
-          self.last_log = step
-          self._log(step)
-        if run_config.eval_every and step - self.last_eval >= run_config.eval_every:
-          self.last_eval = step
-          self._evaluate(step)
-        self.logger.progress(step, self.counters['updates'])
-        save_due = time.monotonic() - self.last_save >= 60 * run_config.save_every_minutes
-        stopping = stop.signal is not None
-        if self.multi_process:  # decided together, at log steps (the same on every process)
-          stopping, save_due = parallel.agree(stopping, save_due) if at_log else (False, False)
-        if save_due:
-          self._save()
-          self.last_save = time.monotonic()
-        if stopping:
-          return stop.signal or 'a signal to another process'
+    while self.counters['env_step'] < run_config.steps:
+      with self.guard():
+        self._act()
+      step = self.counters['env_step']
+      at_log = step - self.last_log >= run_config.log_every or step >= run_config.steps
+      if at_log or not self.multi_process:
+        self._write_episodes()
+      if at_log:
+        self.last_log = step
+        self._log(step)
+      if run_config.eval_every and step - self.last_eval >= run_config.eval_every:
+        self.last_eval = step
+        self._evaluate(step)
+      self.logger.progress(step, self.counters['updates'])
+      self.checkpointer.check()
+      save_due = time.monotonic() - self.last_save >= 60 * run_config.save_every_minutes
+      stopping = stop.signal is not None
+      if self.multi_process:  # decided together, at log steps (the same on every process)
+        stopping, save_due = parallel.agree(stopping, save_due) if at_log else (False, False)
+      if save_due:
+        self._save()
+        self.last_save = time.monotonic()
+      if stopping:
+        return stop.signal or 'a signal to another process'
     return None
+
+  def abandon(self) -> None:
+    """Closes the envs, the checkpointer and the logger after an error, without saving (the
+    newest complete checkpoint stays the one to resume from) and without raising."""
+    for close in (self.env.close, self.checkpointer.abandon,
+                  self.logger.abandon if self.logger else None):
+      try:
+        if close is not None:
+          close()
+      except Exception as error:  # noqa: BLE001 - the error that ended the run is reported
+        logging.info('While closing after an error: %s', error)
 
   def finish(self, interrupted: str | None) -> dict:
     """Saves the last checkpoint, closes the envs and logs; returns the run's summary."""
-    self._save()
-    self.checkpointer.close()
+    try:
+      self._save()
+      self.checkpointer.close()
+    except BaseException:
+      self.abandon()
+      raise
     self.env.close()
     self.logger.progress(self.counters['env_step'], self.counters['updates'], force=True)
     self.logger.close()
@@ -226,4 +253,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   `workdir`; returns a summary."""
   mesh = parallel.make_mesh(config.parallel.devices)
   loop = OnlineLoop(config, workdir, parallel.Layout(mesh, config.num_seeds))
-  return loop.finish(loop.run())
+  # SIGTERM/SIGINT: stop at the next step and checkpoint; held until that checkpoint is written.
+  with common.StopFlag() as stop:
+    try:
+      interrupted = loop.run(stop)
+    except BaseException:
+      loop.abandon()
+      raise
+    return loop.finish(interrupted)

@@ -325,6 +325,13 @@ def agree(stop: bool, save: bool) -> tuple[bool, bool]:
   return bool(flags[:, 0].any()), bool(flags[0, 1])
 
 
+def main_process_says(flag: bool) -> bool:
+  """Process 0's `flag`, on every process (what process 0 found, e.g. that it took a lock)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(_allgather(np.array([flag], np.int32))[0, 0])
+
+
 def gather_rows(rows: np.ndarray) -> np.ndarray:
   """Concatenates float64 rows `[n_p, F]` of every process (n_p may differ), in process order."""
   if jax.process_count() == 1:

@@ -9,15 +9,16 @@ The modes, one module each, all built on `common`:
 | from a recorded dataset | `offline` | `run.mode=offline` |
 | World Models stages (VAE, MDN-RNN, controller) | `worldmodels` | `variant=worldmodels` |
 
-A run started again on the same workdir resumes from its newest checkpoint that restores (the
-World Models stages start over).
+A run started again on the same workdir resumes from its newest checkpoint that restores and
+verifies (the World Models stages start over), and cuts its metrics history back to that step. A
+workdir holds one live run at a time (`lock`).
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from dreamerjax.run import common, offline, online, worldmodels
+from dreamerjax.run import common, lock, offline, online, worldmodels
 
 
 def mode(config: ml_collections.ConfigDict):
@@ -36,4 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   all save and restore checkpoints together, and only process 0 writes logs, metrics and plots.
   """
   config, _ = common.setup(config)
-  return mode(config).run(config, workdir)
+  try:
+    return mode(config).run(config, workdir)
+  finally:
+    lock.release(workdir)  # taken by common.prepare_workdir

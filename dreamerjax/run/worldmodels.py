@@ -132,7 +132,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   discrete, action_size = env.act_space.discrete, env.act_space.num_actions
   model = WorldModelsModel(env.obs_space, action_size, config)
   common.prepare_workdir(config, workdir)
-  logger = common.open_logger(workdir, w.vae_steps + w.rnn_steps)
+  # The stages start over: the history of an earlier run on this workdir is cut whole.
+  logger = common.open_logger(workdir, w.vae_steps + w.rnn_steps, resume_step=-1)
   counter = {'step': 0}
 
   def log(metrics, advance=1):
