@@ -1,4 +1,6 @@
-"""Host-side vectorized environments over envpool, in the Dreamer step convention.
+"""Host-side vectorized environments in the Dreamer step convention: envpool ids, and (through
+the ``gym:`` and ``jax:`` task prefixes) gymnasium environments and pure-JAX environments, see
+:func:`make_env` and docs/environments.md.
 
 Every step returns a dict with the observation keys of ``obs_space`` plus ``reward``,
 ``is_first``, ``is_last`` and ``is_terminal``. ``reward[i]`` is the reward received on
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import difflib
+import importlib
 import os
 import sys
 import time
@@ -33,12 +36,18 @@ import numpy as np
 
 __all__ = [
     "ActionSpace",
+    "PREFIXES",
     "VectorEnv",
     "benchmark_env",
+    "continuous_actions",
+    "discrete_actions",
     "known_tasks",
     "make_env",
     "preload_gl",
 ]
+
+# Task prefixes of the environments that are not envpool ids (see make_env).
+PREFIXES = ("gym:", "jax:")
 
 # envpool registry module name -> our family name.
 _FAMILIES = {
@@ -71,6 +80,19 @@ class ActionSpace:
     num_actions: int
     low: np.ndarray | None = None
     high: np.ndarray | None = None
+
+
+def discrete_actions(num_actions: int) -> ActionSpace:
+    """``num_actions`` actions, given to :meth:`VectorEnv.step` as int32 indices."""
+    return ActionSpace(discrete=True, shape=(), num_actions=int(num_actions))
+
+
+def continuous_actions(dim: int) -> ActionSpace:
+    """Float vectors of ``dim`` entries in [-1, 1]."""
+    low, high = -np.ones(dim, np.float32), np.ones(dim, np.float32)
+    low.setflags(write=False)
+    high.setflags(write=False)
+    return ActionSpace(discrete=False, shape=(dim,), num_actions=dim, low=low, high=high)
 
 
 def _gl_visible() -> bool:
@@ -183,11 +205,32 @@ class VectorEnv:
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env; all entries of the result have ``is_first``."""
-        obs, info = self._env.reset()
-        self.truth = _ground_truth(self.family, obs, info, self.num_envs)
+        out = self._reset()
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._needs_reset = False
+        return out
+
+    def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        """Step every env. ``action``: int32 [N] (discrete) or float32 [N, dim] in [-1, 1]."""
+        if self._needs_reset:
+            raise RuntimeError("call reset() before the first step()")
+        out = self._step(self._convert_action(action))
+        is_first, is_last = out["is_first"], out["is_last"]
+        self._returns[is_first] = 0.0
+        self._lengths[is_first] = 0
+        self._returns += out["reward"]
+        self._lengths += ~is_first
+        for i in np.flatnonzero(is_last):
+            self._finished.append((int(i), float(self._returns[i]), int(self._lengths[i])))
+        return out
+
+    # The backend: envpool's gymnasium batch interface (the gym: backend speaks it too). Other
+    # backends override _reset and _step, which return step dicts and set `truth`.
+
+    def _reset(self) -> dict[str, np.ndarray]:
+        obs, info = self._env.reset()
+        self.truth = _ground_truth(self.family, obs, info, self.num_envs)
         out = self._convert_obs(obs)
         n = self.num_envs
         out["reward"] = np.zeros(n, np.float32)
@@ -196,23 +239,14 @@ class VectorEnv:
         out["is_terminal"] = np.zeros(n, bool)
         return out
 
-    def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
-        """Step every env. ``action``: int32 [N] (discrete) or float32 [N, dim] in [-1, 1]."""
-        if self._needs_reset:
-            raise RuntimeError("call reset() before the first step()")
-        obs, reward, terminated, truncated, info = self._env.step(self._convert_action(action))
+    def _step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        obs, reward, terminated, truncated, info = self._env.step(action)
         self.truth = _ground_truth(self.family, obs, info, self.num_envs)
         is_first = np.asarray(info["elapsed_step"]) == 0
         reward = np.asarray(reward, np.float32).copy()
         reward[is_first] = 0.0  # envpool repeats the last reward on the auto-reset step (DMC)
         terminated = np.asarray(terminated, bool) & ~is_first
         is_last = (terminated | np.asarray(truncated, bool)) & ~is_first
-        self._returns[is_first] = 0.0
-        self._lengths[is_first] = 0
-        self._returns += reward
-        self._lengths += ~is_first
-        for i in np.flatnonzero(is_last):
-            self._finished.append((int(i), float(self._returns[i]), int(self._lengths[i])))
         out = self._convert_obs(obs)
         out["reward"] = reward
         out["is_first"] = is_first
@@ -260,9 +294,40 @@ class VectorEnv:
         return f"VectorEnv({self.task!r}, num_envs={self.num_envs}, family={self.family!r})"
 
 
+def load_attribute(kind: str, spec: str) -> Any:
+    """The object ``attribute`` of ``module`` for a task ``<kind>:<module>:<attribute>``
+    (``spec`` is ``<module>:<attribute>``), or None if the module imports but lacks it."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure (a missing dependency too) is the task's
+        raise ValueError(
+            f"{kind}:{spec} names module {module_name!r}, which cannot be imported "
+            f"({one_line(exc)}); make it importable (installed, or on PYTHONPATH)"
+        ) from exc
+    return getattr(module, attribute, None)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def native_bounds(space: Any, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) float64 of a Box action space; a ValueError if any bound is infinite."""
+    low = np.asarray(space.low, np.float64).reshape(space.shape)
+    high = np.asarray(space.high, np.float64).reshape(space.shape)
+    if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+        raise ValueError(f"{task!r} has unbounded actions; cannot rescale from [-1, 1]")
+    return low, high
+
+
 def _ground_truth(family: str, obs: Any, info: dict, n: int) -> dict[str, np.ndarray]:
     if family == "atari":
         return {"ram": np.asarray(info["ram"], np.float32).reshape(n, -1)}
+    if family == "gym":  # the backend gives step dicts; the vector part is the env's own obs
+        return {"state": obs["vector"]} if "vector" in obs else {}
     if isinstance(obs, dict):  # DMC proprio (pixel DMC has no state in obs or info)
         return {k: np.asarray(v, np.float32).reshape(n, -1) for k, v in obs.items()
                 if k != "pixels"}
@@ -299,8 +364,10 @@ def _unknown_task_error(task: str, families: dict[str, str]) -> ValueError:
     hint = f"Did you mean one of: {', '.join(close)}? " if close else ""
     return ValueError(
         f"unknown task {task!r}. {hint}Pass an envpool id such as 'Pong-v5', "
-        "'CheetahRun-v1' or 'CartPole-v1'; dreamerjax.data.envs.known_tasks() lists all "
-        f"{len(families)} supported ids."
+        "'CheetahRun-v1' or 'CartPole-v1' (dreamerjax.data.envs.known_tasks() lists all "
+        f"{len(families)} supported ids), a gymnasium env as 'gym:<id>' or "
+        "'gym:<module>:<class or factory>', or a JAX env as 'jax:CueRecall-30' or "
+        "'jax:<module>:<class or factory>' (docs/environments.md)."
     )
 
 
@@ -315,7 +382,7 @@ def make_env(
     noop_max: int = 30,
     max_episode_steps: int | None = None,
 ) -> VectorEnv:
-    """Create a :class:`VectorEnv` for an envpool id.
+    """Create a :class:`VectorEnv` for ``task``: an envpool id, ``gym:...`` or ``jax:...``.
 
     Atari: RGB ``image`` of ``size`` (H, W), frame skip 4, up to ``noop_max`` no-op actions
     after each reset (0 disables), sticky actions with probability 0.25 if ``sticky``, no
@@ -323,15 +390,40 @@ def make_env(
     proprio observations (keys in sorted order), or an RGB ``image`` of ``size`` if
     ``from_pixels`` (see the module docstring about GL). Classic control: ``vector``.
     ``max_episode_steps`` overrides the env's time limit (agent steps).
+
+    ``gym:<id>`` or ``gym:<module>:<attribute>``: a gymnasium env, made with ``gymnasium.make``
+    or by calling an env class or factory (:mod:`dreamerjax.data.gym_envs`); images are resized
+    to ``size``. ``jax:<name>`` (the memory suite, :mod:`dreamerjax.data.memory`) or
+    ``jax:<module>:<attribute>``: a pure-JAX env stepped in one jitted, vmapped function
+    (:mod:`dreamerjax.data.jax_envs`). ``noop_max`` applies to Atari only; ``sticky`` and
+    ``from_pixels`` must be False for these.
     """
-    families = _task_families()
-    if task not in families:
-        raise _unknown_task_error(task, families)
-    family = families[task]
     if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
         raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
     if not -(2**31) <= int(seed) < 2**31:
         raise ValueError(f"seed must fit in int32, got {seed!r}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps!r}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (height, width) with positive ints, got {size!r}")
+    if task.startswith(PREFIXES):
+        kind, name = task[:3], task[4:]
+        for option, value in (("sticky", sticky), ("from_pixels", from_pixels)):
+            if value:
+                raise ValueError(f"{option}=True is for envpool Atari/DMC tasks only; set "
+                                 f"{option}=False for {task!r}")
+        if kind == "gym":
+            from dreamerjax.data import gym_envs
+
+            return gym_envs.make(name, int(num_envs), int(seed), size=tuple(size),
+                                 max_episode_steps=max_episode_steps)
+        from dreamerjax.data import jax_envs
+
+        return jax_envs.make(name, int(num_envs), int(seed), max_episode_steps=max_episode_steps)
+    families = _task_families()
+    if task not in families:
+        raise _unknown_task_error(task, families)
+    family = families[task]
     if sticky and family != "atari":
         raise ValueError(f"sticky=True is for Atari tasks only; set sticky=False for {task!r}")
     if from_pixels and family != "dmc":
@@ -339,10 +431,6 @@ def make_env(
         raise ValueError(
             f"from_pixels=True is for DMC tasks only ({what}); set from_pixels=False for {task!r}"
         )
-    if max_episode_steps is not None and max_episode_steps < 1:
-        raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps!r}")
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be (height, width) with positive ints, got {size!r}")
     if family == "atari" and noop_max < 0:
         raise ValueError(f"noop_max must be >= 0, got {noop_max!r}")
 
@@ -388,18 +476,14 @@ def make_env(
         convert_obs = _vector_obs
 
     if hasattr(aspace, "n"):
-        act_space = ActionSpace(discrete=True, shape=(), num_actions=int(aspace.n))
+        act_space = discrete_actions(int(aspace.n))
         return VectorEnv(env, task, family, n, obs_space, act_space, convert_obs)
-    native_low = np.asarray(aspace.low, np.float64).reshape(aspace.shape)
-    native_high = np.asarray(aspace.high, np.float64).reshape(aspace.shape)
-    if not (np.all(np.isfinite(native_low)) and np.all(np.isfinite(native_high))):
+    try:
+        native_low, native_high = native_bounds(aspace, task)
+    except ValueError:
         env.close()
-        raise ValueError(f"{task!r} has unbounded actions; cannot rescale from [-1, 1]")
-    dim = int(np.prod(aspace.shape))
-    low, high = -np.ones(dim, np.float32), np.ones(dim, np.float32)
-    low.setflags(write=False)
-    high.setflags(write=False)
-    act_space = ActionSpace(discrete=False, shape=(dim,), num_actions=dim, low=low, high=high)
+        raise
+    act_space = continuous_actions(int(np.prod(aspace.shape)))
     return VectorEnv(
         env,
         task,
