@@ -1,1 +1,2 @@
-"""Experience: envpool environments, the replay buffer, offline datasets."""
+"""Experience: environments (envpool, gymnasium, pure JAX, the memory suite), the replay buffer,
+offline datasets."""
