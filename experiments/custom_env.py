@@ -20,19 +20,13 @@ the `task=` option. The default is gymnasium's own CartPole-v1, a check against 
 (`experiments/classic.py`) with the same settings.
 """
 
+import os
+
 from dreamerjax.run import configs
 
 # The CPU-sized DreamerV3 of experiments/classic.py (see there for why these values).
-SUITE = {
-    'task': 'gym:CartPole-v1',
-    'size': 'tiny',
-    'run': dict(steps=40_000, train_ratio=64.0, envs=4, batch_size=16, batch_length=64,
-                replay_capacity=100_000, prefill=2_000, log_every=2_000, eval_every=5_000,
-                eval_episodes=8, save_every_minutes=5.0),
-    'model': dict(encoder_layers=2, decoder_layers=2, units=64),
-    'agent': dict(actor_layers=2, critic_layers=2),
-    'optim': dict(model_lr=6e-4, actor_lr=1e-4, critic_lr=1e-3),
-}
+_CLASSIC = configs.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'classic.py'))
+SUITE = {**_CLASSIC.SUITE, 'task': 'gym:CartPole-v1'}
 
 
 def get_config(arg=None):

@@ -170,7 +170,8 @@ def known_tasks() -> list[str]:
 
 
 class VectorEnv:
-    """A batch of ``num_envs`` envpool environments with Dreamer step dicts (see module doc)."""
+    """A batch of ``num_envs`` environments with Dreamer step dicts (see module doc): envpool
+    pools, and (through other backends) gymnasium and JAX envs."""
 
     def __init__(
         self,

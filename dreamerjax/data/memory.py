@@ -32,6 +32,21 @@ DELAYS = (4, 8, 16, 32, 64)      # RepeatPrevious sweep
 MAPPINGS = (0, 1, 2, 3, 4)       # DiscountingChain sweep (bsuite's mapping seeds)
 
 
+class _VectorTask:
+  """A vector observation of `obs_size` entries and `num_actions` discrete actions."""
+
+  obs_size: int
+  num_actions: int
+
+  @property
+  def obs_space(self) -> dict:
+    return {'vector': ((self.obs_size,), np.dtype(np.float32))}
+
+  @property
+  def act_space(self) -> envs.ActionSpace:
+    return envs.discrete_actions(self.num_actions)
+
+
 @struct.dataclass
 class CueState:
   cue: jax.Array    # int32, -1 or +1
@@ -39,7 +54,7 @@ class CueState:
 
 
 @dataclasses.dataclass(frozen=True)
-class CueRecall:
+class CueRecall(_VectorTask):
   """bsuite's memory_length with one bit, with the observation of step t at step t.
 
   Observation `t` (t = 0 .. L) is `[countdown, query, cue]`: `countdown = 1 - t / L`; `query` is 1
@@ -52,18 +67,11 @@ class CueRecall:
 
   length: int = 30
   oracle: bool = False
+  obs_size, num_actions = 3, 2
 
   def __post_init__(self):
     if self.length < 1:
       raise ValueError(f'CueRecall length must be >= 1, got {self.length}')
-
-  @property
-  def obs_space(self) -> dict:
-    return {'vector': ((3,), np.dtype(np.float32))}
-
-  @property
-  def act_space(self) -> envs.ActionSpace:
-    return envs.discrete_actions(2)
 
   def reset(self, key: jax.Array) -> tuple[CueState, jax.Array]:
     state = CueState(jnp.where(jax.random.bernoulli(key), 1, -1).astype(jnp.int32),
@@ -98,7 +106,7 @@ class DeckState:
 
 
 @dataclasses.dataclass(frozen=True)
-class RepeatPrevious:
+class RepeatPrevious(_VectorTask):
   """POPGym's RepeatPrevious: cards of `decks` shuffled decks are dealt one per step, and the
   agent must name the suit of the card seen k steps ago.
 
@@ -113,6 +121,7 @@ class RepeatPrevious:
 
   k: int = 8
   decks: int | None = None
+  obs_size, num_actions = 4, 4
 
   def __post_init__(self):
     if self.k < 1:
@@ -132,14 +141,6 @@ class RepeatPrevious:
   @property
   def episode_length(self) -> int:
     return self.num_cards - 1
-
-  @property
-  def obs_space(self) -> dict:
-    return {'vector': ((4,), np.dtype(np.float32))}
-
-  @property
-  def act_space(self) -> envs.ActionSpace:
-    return envs.discrete_actions(4)
 
   def reset(self, key: jax.Array) -> tuple[DeckState, jax.Array]:
     deck = jnp.repeat(jnp.arange(4, dtype=jnp.int32), self.num_cards // 4)
@@ -176,7 +177,7 @@ class ChainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscountingChain:
+class DiscountingChain(_VectorTask):
   """bsuite's discounting_chain, a control: the first action picks one of 5 chains, whose reward
   comes 1, 3, 10, 30 or 100 steps later; chain `mapping_seed % 5` pays 1.1, the others 1.
 
@@ -188,14 +189,11 @@ class DiscountingChain:
   mapping_seed: int = 0
   delays: tuple = (1, 3, 10, 30, 100)
   episode_length: int = 100
+  obs_size = 2
 
   @property
-  def obs_space(self) -> dict:
-    return {'vector': ((2,), np.dtype(np.float32))}
-
-  @property
-  def act_space(self) -> envs.ActionSpace:
-    return envs.discrete_actions(len(self.delays))
+  def num_actions(self) -> int:
+    return len(self.delays)
 
   @property
   def rewards(self) -> np.ndarray:
