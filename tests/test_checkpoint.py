@@ -1,22 +1,22 @@
 """Checkpointer: round trip, retention, fallback past damaged steps (unreadable files, mixed-up
 steps, values changed after saving), sharded restore."""
 
+import errno
 import gc
 import json
 import logging
 import os
-import pathlib
-import shutil
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from dreamerjax.data import replay
 from dreamerjax.run import errors
 from dreamerjax.run.checkpoint import Checkpointer
+from tests.damage import damage
 
 # A failed orbax restore leaves coroutines that are garbage-collected later (possibly during
 # another test) and reported as unraisable exceptions; the failures themselves are asserted.
@@ -57,65 +57,6 @@ def save_steps(directory, steps, keep=3) -> None:
     for step in steps:
         checkpointer.save(step, make_state(step), {'step': step})
     checkpointer.close()
-
-
-def corrupt(step_directory: pathlib.Path, how: str) -> None:
-    """Damages every file under the step's state directory."""
-    for path in (step_directory / 'state').rglob('*'):
-        if path.is_file():
-            size = path.stat().st_size
-            path.write_bytes(b'' if how == 'truncate' else bytes(size))
-
-
-def flip_bytes(step_directory: pathlib.Path) -> None:
-    """Flips a few bytes in the middle of the largest data file (bit rot)."""
-    path = max((p for p in (step_directory / 'state').rglob('*') if p.is_file()),
-               key=lambda p: p.stat().st_size)
-    data = bytearray(path.read_bytes())
-    for offset in range(len(data) // 2, min(len(data), len(data) // 2 + 8)):
-        data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
-def rewrite_values(step_directory: pathlib.Path, change) -> None:
-    """Rewrites the step's arrays as valid orbax files holding `change(arrays)`, keeping the
-    step's meta: what a bad copy or a tool that edits checkpoints leaves."""
-    state = step_directory / 'state'
-    raw = ocp.StandardCheckpointer()
-    arrays = jax.tree.map(np.array, raw.restore(state))
-    raw.save(step_directory / 'state.rewritten', change(arrays))
-    raw.wait_until_finished()
-    shutil.rmtree(state)
-    os.rename(step_directory / 'state.rewritten', state)
-
-
-def set_huge(arrays):
-    arrays['params']['weight'][0, :2] = 1e30
-    return arrays
-
-
-def damage(directory: pathlib.Path, step: int, how: str) -> None:
-    step_directory = directory / str(step)
-    if how in ('truncate', 'zero'):
-        corrupt(step_directory, how)
-    elif how == 'flip':
-        flip_bytes(step_directory)
-    elif how == 'delete_meta':
-        shutil.rmtree(step_directory / 'meta')
-    elif how == 'state_of_older_step':
-        shutil.rmtree(step_directory / 'state')
-        shutil.copytree(directory / str(step - 1) / 'state', step_directory / 'state')
-    elif how == 'meta_of_older_step':
-        shutil.rmtree(step_directory / 'meta')
-        shutil.copytree(directory / str(step - 1) / 'meta', step_directory / 'meta')
-    elif how == 'values_set_to_1e30':
-        rewrite_values(step_directory, set_huge)
-    elif how == 'values_set_to_nan':
-        rewrite_values(step_directory, lambda a: {**a, 'counts': a['counts'],
-                                                  'params': {'weight': a['params']['weight']
-                                                             * np.nan}})
-    else:
-        raise ValueError(how)
 
 
 DAMAGES = ['truncate', 'zero', 'flip', 'delete_meta', 'state_of_older_step',
@@ -253,3 +194,36 @@ def test_restore_unsharded_save_onto_eight_devices(tmp_path, run_with_devices):
         print('ok')
     ''')
     assert 'ok' in output
+
+
+@pytest.mark.reliability
+def test_full_disk_in_a_background_save_is_raised_within_a_second(tmp_path, monkeypatch, figure):
+    from orbax.checkpoint._src.path import atomicity
+
+    figure('I/O faults ending the run with one clear error')
+    checkpointer = Checkpointer(str(tmp_path))
+    checkpointer.save(1, make_state(1), {'step': 1})
+    checkpointer.wait()
+    finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+    async def full_disk(self, *args, **kwargs):
+        if self._final_path.name.isdigit():  # the step directory (not its items)
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return await finalize(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', full_disk)
+    checkpointer.save(2, make_state(2), {'step': 2})  # returns at once; fails in the background
+    start = time.monotonic()
+    with pytest.raises(errors.StorageError) as error:
+        while time.monotonic() - start < 30:
+            checkpointer.check(every_seconds=0.1)
+            time.sleep(0.05)
+    assert time.monotonic() - start < 5
+    assert 'no space left on device' in str(error.value)
+    assert 'newest complete checkpoint: step 1' in str(error.value)
+    checkpointer.abandon()
+    monkeypatch.undo()
+    reopened = Checkpointer(str(tmp_path))
+    assert reopened.restore_latest(jax.eval_shape(make_state))[0] == 1
+    assert not list(tmp_path.glob('*tmp*'))  # the half-written step was cleaned up
+    reopened.close()

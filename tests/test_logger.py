@@ -1,3 +1,4 @@
+import errno
 import glob
 import json
 import os
@@ -225,3 +226,116 @@ def test_video_gif(tmp_path):
 def test_eval_metrics_leave_out_unfinished_episodes():
   row = logger_lib.eval_metrics([1.0, 3.0, float("nan")])
   assert row == {'eval/episode/return': 2.0, 'eval/episode/return_std': 1.0}
+
+
+# Resume: the history only moves forward -------------------------------------------------------
+
+
+def _tensorboard_steps(workdir):
+    """(file, event step, kind) of every event, files in creation order."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')),
+                       key=os.path.getmtime):
+        for record in _read_tfrecords(path):
+            event = event_pb2.Event.FromString(record)
+            kind = 'start' if event.HasField('session_log') else 'scalar' if event.summary.value \
+                else 'other'
+            events.append((path, event.step, kind))
+    return events
+
+
+def test_resume_cuts_history_above_the_restored_step(tmp_path):
+    wd = str(tmp_path)
+    with Logger(wd, total_steps=100, resume_step=0) as log:
+        for step in (10, 20, 30, 40):
+            log.write(step, {'a/x': float(step)})
+    with open(os.path.join(wd, 'metrics.jsonl'), 'a') as f:
+        f.write('{"step": 50, "a/x"')  # cut short by a crash
+    with Logger(wd, total_steps=100, resume_step=20) as log:
+        log.write(24, {'a/x': 24.0})
+    assert [row['step'] for row in read_metrics(wd)] == [10, 20, 24]
+    side, = glob.glob(os.path.join(wd, 'metrics.jsonl.cut-20-*'))
+    assert open(side).read().splitlines() == [
+        '{"step": 30, "a/x": 30.0}', '{"step": 40, "a/x": 40.0}', '{"step": 50, "a/x"']
+    # TensorBoard: the second file starts by purging steps >= 21 of the first one.
+    events = _tensorboard_steps(wd)
+    second = [e for e in events if e[0] == events[-1][0]]
+    assert ('start' in [kind for _, _, kind in second]
+            and [step for _, step, kind in second if kind == 'start'] == [21])
+    assert [step for _, step, kind in second if kind == 'scalar'] == [24]
+
+
+@pytest.mark.reliability
+def test_history_only_moves_forward_over_many_resumes(tmp_path, figure):
+    figure('history moves forward over resumes', cases=20)
+    rng = np.random.default_rng(0)
+    wd, written, restored = str(tmp_path), [], 0
+    for _ in range(20):  # each run writes some steps, then "crashes"; the next restores earlier
+        with Logger(wd, total_steps=10**6, tensorboard=False, resume_step=restored) as log:
+            step = restored
+            for _ in range(int(rng.integers(1, 6))):
+                step += int(rng.integers(1, 4))
+                log.write(step, {'a/x': float(step)})
+                written.append(step)
+        restored = int(rng.integers(restored, step + 1))
+    steps = [row['step'] for row in read_metrics(wd)]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    cut = [json.loads(line)['step'] for path in glob.glob(os.path.join(wd, 'metrics.jsonl.cut-*'))
+           for line in open(path)]
+    assert sorted(steps + cut) == sorted(written)  # nothing lost
+
+
+# Full or failing disks -------------------------------------------------------------------------
+
+
+class FailingFile:
+    """A file whose writes fail with `error_number` once `after` writes went through."""
+
+    def __init__(self, file, after, error_number):
+        self._file, self._left, self._errno = file, after, error_number
+
+    def write(self, text):
+        self._left -= 1
+        if self._left < 0:
+            raise OSError(self._errno, os.strerror(self._errno))
+        return self._file.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize('where,error_number', [
+    ('metrics', errno.ENOSPC), ('metrics', errno.EIO), ('tensorboard', errno.ENOSPC),
+    ('tensorboard', errno.EIO), ('video', errno.ENOSPC)])
+def test_full_or_failing_disk_is_one_clear_error(tmp_path, monkeypatch, figure, where,
+                                                 error_number):
+    from dreamerjax.run import errors
+
+    figure('I/O faults ending the run with one clear error')
+    wd = str(tmp_path)
+    real_open = open
+    if where == 'metrics':
+        monkeypatch.setattr(logger_lib, 'open', lambda *a, **k: FailingFile(
+            real_open(*a, **k), 2, error_number), raising=False)
+    if where == 'tensorboard':
+        from tensorboardX import record_writer
+        monkeypatch.setattr(record_writer, 'open_file', lambda path: FailingFile(
+            real_open(path, 'wb'), 12, error_number))
+    if where == 'video':
+        from PIL import Image
+
+        def full(*args, **kwargs):
+            raise OSError(error_number, os.strerror(error_number))
+        monkeypatch.setattr(Image.Image, 'save', full)
+    log = Logger(wd, total_steps=10)
+    with pytest.raises(errors.StorageError) as error:
+        for step in range(10):
+            log.write(step, {'a/x': 1.0, 'a/y': 2.0})
+            log.video(step, 'v', np.zeros((2, 4, 4, 3), np.uint8))
+    message = str(error.value)
+    assert os.strerror(error_number).lower() in message and '\n' not in message
+    assert 'resume' in message
+    log.abandon()

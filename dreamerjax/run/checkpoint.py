@@ -140,15 +140,17 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._last_check = 0.0
+        self._unconfirmed: int | None = None  # saved in the background, not yet seen on disk
 
     def _raise_as_user_error(self, error: BaseException, doing: str) -> None:
         """Raises `error` as a `StorageError` if it is a storage fault (re-raises it otherwise)."""
-        fault = errors.storage_error(error, f'{doing} in {self.directory}')
+        complete = self._complete_steps()
+        fault = errors.storage_error(error, f'{doing} in {self.directory}',
+                                     f'step {complete[-1]}' if complete else 'none')
         if fault is None:
             raise error
-        complete = self._complete_steps()
-        newest = f'step {complete[-1]}' if complete else 'none'
-        raise errors.StorageError(f'{fault} (newest complete checkpoint: {newest})') from error
+        errors.clear_pending()  # the same fault, as orbax's threads reported it
+        raise fault from error
 
     def _complete_steps(self) -> list[int]:
         return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
@@ -196,19 +198,31 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
         except Exception as error:  # noqa: BLE001 - storage faults become StorageError
             self._raise_as_user_error(error, f'saving checkpoint step {step}')
+        self._unconfirmed = step
 
     def check(self, every_seconds: float = 1.0) -> None:
-        """Raises a fault of a background save (or thread) at most `every_seconds` after it
-        happened; cheap, for calling every step."""
+        """Raises the fault of a background save (or of another background thread, see
+        `errors.raise_pending`) at most `every_seconds` after it happened; cheap, for calling
+        every step."""
         now = time.monotonic()
         if now - self._last_check < every_seconds:
             return
         self._last_check = now
         try:
-            self._manager.check_for_errors()
-        except Exception as error:  # noqa: BLE001
-            self._raise_as_user_error(error, 'saving a checkpoint')
-        errors.raise_pending()
+            errors.raise_pending()  # what orbax's threads logged, seen by errors' hooks
+        except errors.StorageError as fault:
+            self._raise_as_user_error(fault, 'saving a checkpoint')
+        if self._unconfirmed is not None and not self._manager.is_saving_in_progress():
+            self._confirm()
+
+    def _confirm(self) -> None:
+        """Waits for the background save and raises if its step is not on disk (orbax's own
+        finalize thread takes the error of a failed save; waiting re-raises it)."""
+        step, self._unconfirmed = self._unconfirmed, None
+        self.wait()
+        if step is not None and not os.path.isdir(os.path.join(self.directory, str(step))):
+            raise errors.CheckpointError(f'checkpoint step {step} was not written to '
+                                         f'{self.directory} (see the log)')
 
     def latest_step(self) -> int | None:
         """The newest step orbax lists (not validated: it may be empty or corrupt)."""
@@ -292,9 +306,9 @@ class Checkpointer:
             self._raise_as_user_error(error, 'saving a checkpoint')
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
+        """Waits for pending saves (raising if one failed) and releases the manager."""
         try:
-            self.wait()
+            self._confirm()
         finally:
             self._manager.close()
 
@@ -304,4 +318,4 @@ class Checkpointer:
         try:
             self.close()
         except Exception as error:  # noqa: BLE001 - the error that ended the run is reported
-            logging.info('While closing the checkpointer after an error: %s', _failure(error))
+            logging.debug('While closing the checkpointer after an error: %s', _failure(error))

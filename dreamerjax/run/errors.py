@@ -9,8 +9,8 @@ A full disk (ENOSPC) or a failing one (EIO) shows itself in whatever writes next
 file, TensorBoard, a video, or orbax's background threads, where it used to be printed as a
 flood of tracebacks from every thread involved. `storage_reason` recognises such an error
 wherever it comes from, `install_fault_hooks` keeps the background threads quiet about it and
-records it, and the training loops call `raise_pending` every step to end the run within a
-second with one `StorageError`.
+records it, and the training loops call `raise_pending` every step (in `Checkpointer.check`) to
+end the run within a second with one `StorageError`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,15 @@ class WorkdirBusy(UserError):
 
 
 class StorageError(UserError, OSError):
-  """The disk under the run is full or failing; the run stops without writing more."""
+  """The disk under the run is full or failing; the run stops without writing more. `reason`
+  ('no space left on device') and `doing` ('writing metrics.jsonl') make up the message."""
+
+  def __init__(self, message: str, reason: str = '', doing: str = ''):
+    super().__init__(message)
+    self.reason, self.doing = reason, doing
+
+  def __str__(self) -> str:
+    return self.args[0]
 
 
 def storage_reason(error: BaseException | None) -> str | None:
@@ -62,7 +70,7 @@ def storage_reason(error: BaseException | None) -> str | None:
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     if isinstance(error, StorageError):
-      return str(error)
+      return error.reason or str(error)
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
       return STORAGE_ERRNOS[error.errno]
     text = str(error)
@@ -75,16 +83,19 @@ def storage_reason(error: BaseException | None) -> str | None:
   return None
 
 
-def storage_error(error: BaseException, doing: str) -> StorageError | None:
+def storage_error(error: BaseException, doing: str, newest: str = '') -> StorageError | None:
   """The `StorageError` for `error` met while `doing` ('writing metrics.jsonl'), or None if
-  `error` is not a storage fault."""
+  `error` is not a storage fault. `newest`: what the run can resume from ('step 300')."""
   reason = storage_reason(error)
   if reason is None:
     return None
   if isinstance(error, StorageError):
-    return error
-  return StorageError(f'{reason} while {doing}; the run stopped. Free space (or fix the disk) '
-                      'and run the same command to resume from the last complete checkpoint.')
+    if not newest:
+      return error
+    doing = error.doing or doing
+  resume = f'newest complete checkpoint: {newest}' if newest else 'complete checkpoints are kept'
+  return StorageError(f'{reason} while {doing}; the run stopped ({resume}). Free space (or fix '
+                      'the disk) and run the same command to resume.', reason, doing)
 
 
 # ------------------------------------------------------------------ faults in background threads
@@ -162,7 +173,16 @@ def install_fault_hooks() -> None:
     if not (_is_noise(value) or in_background and record_fault(value)):
       except_hook(kind, value, traceback)
 
+  def on_unraisable(unraisable):  # orbax's coroutines, collected after a failed save
+    code = getattr(unraisable.object, 'cr_code', None)
+    from_orbax = code is not None and '/orbax/' in code.co_filename
+    if not (from_orbax or _is_noise(unraisable.exc_value)
+            or record_fault(unraisable.exc_value)):
+      unraisable_hook(unraisable)
+
+  unraisable_hook = sys.unraisablehook
   threading.excepthook, sys.excepthook = on_thread_error, on_error
+  sys.unraisablehook = on_unraisable
   quiet = _QuietFaults()
   for handler in pylogging.getLogger().handlers:
     handler.addFilter(quiet)

@@ -204,8 +204,7 @@ def _has_events(logdir: str) -> bool:
 class Logger:
     """Writes metrics of one run. Every method is a no-op when ``enabled`` is False.
 
-    A full or failing disk raises `errors.StorageError` from the call that met it (or, for
-    faults of background threads, from the next `write` or `progress`).
+    A full or failing disk raises `errors.StorageError` from the call that met it.
     """
 
     def __init__(
@@ -265,7 +264,6 @@ class Logger:
         ``seed`` (runs of several seeds, ``config.num_seeds > 1``) tags the row of one seed:
         ``{"step": step, "seed": seed, **metrics}``, and TensorBoard tags ``<key>/seed<seed>``.
         """
-        errors.raise_pending()
         if not self.enabled or self._file is None:
             return
         if 'step' in metrics or 'seed' in metrics:
@@ -290,7 +288,6 @@ class Logger:
         Rates are measured over the interval since the previously printed line (the first call
         only starts the clock unless ``force``). Returns the printed line, or None.
         """
-        errors.raise_pending()
         if not self.enabled:
             return None
         now = self._clock()

@@ -225,7 +225,7 @@ class OnlineLoop:
         if close is not None:
           close()
       except Exception as error:  # noqa: BLE001 - the error that ended the run is reported
-        logging.info('While closing after an error: %s', error)
+        logging.debug('While closing after an error: %s', error)
 
   def finish(self, interrupted: str | None) -> dict:
     """Saves the last checkpoint, closes the envs and logs; returns the run's summary."""

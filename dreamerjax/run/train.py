@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from dreamerjax.run import common, lock, offline, online, worldmodels
+from dreamerjax.run import common, errors, lock, offline, online, worldmodels
 
 
 def mode(config: ml_collections.ConfigDict):
@@ -37,6 +37,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   all save and restore checkpoints together, and only process 0 writes logs, metrics and plots.
   """
   config, _ = common.setup(config)
+  errors.clear_pending()  # faults of an earlier run in this process are not this run's
   try:
     return mode(config).run(config, workdir)
   finally:
