@@ -10,7 +10,7 @@ import time
 import jax
 import pytest
 
-from dreamerjax.run import configs, logger, train
+from dreamerjax.run import common, configs, logger, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +98,9 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, caplog):
   assert any('is damaged' in r.getMessage() for r in caplog.records)
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path):
+@pytest.mark.reliability
+def test_sigterm_saves_a_checkpoint(tmp_path, figure):
+  figure('signals during a save leaving a restorable checkpoint')
   workdir = tmp_path / 'run'
   command = [sys.executable, os.path.join(ROOT, 'scripts', 'train.py'),
              '--config=experiments/classic.py:task=CartPole-v1,debug', f'--workdir={workdir}',
@@ -110,11 +112,20 @@ def test_sigterm_saves_a_checkpoint(tmp_path):
   while time.time() < deadline and not (metrics.exists() and 'wm/loss' in metrics.read_text()):
     time.sleep(1)
   process.send_signal(signal.SIGTERM)
+  seen = []
+  for line in process.stdout:  # a second signal while the last checkpoint is written
+    seen.append(line)
+    if 'Got SIGTERM' in line:
+      process.send_signal(signal.SIGINT)
+      break
   output, _ = process.communicate(timeout=120)
+  output = ''.join(seen) + output
   assert process.returncode == 0, output[-3000:]
-  assert 'Stopped by SIGTERM' in output
+  assert 'Stopped by SIGTERM' in output and 'Got SIGINT again' in output
   saved = [p for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()]
-  assert saved and int(saved[0].name) > 0
+  assert len(saved) == 1 and int(saved[0].name) > 0
+  assert common.restore(str(workdir))[0] == int(saved[0].name)
+  assert not (workdir / 'run.lock').exists()
 
 
 @pytest.mark.parametrize('change,message', [

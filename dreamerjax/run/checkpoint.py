@@ -171,8 +171,8 @@ class Checkpointer:
             FloatingPointError: leaves that `finite` names hold NaN or inf (nothing is saved).
             errors.StorageError: the disk is full or failing (this or the previous save).
         """
-        try:
-            json.dumps(meta)
+        try:  # a copy: orbax writes it in the background, while the caller's dicts move on
+            meta = json.loads(json.dumps(meta))
         except TypeError as error:
             raise TypeError(f'checkpoint meta must be JSON-able: {error}') from error
         if INTEGRITY_KEY in meta:

@@ -61,13 +61,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f'the dataset holds {loaded} steps per env, fewer than '
                      f'--config.run.batch_length={run_config.batch_length}')
 
-  state = make_state()
-  counters = {'updates': 0}
+  state, counters = make_state(), {'updates': 0}
   checkpointer = common.open_checkpointer(workdir, keep=run_config.keep_checkpoints)
-  logger = None
-  save = lambda: checkpointer.save(  # noqa: E731
-      counters['updates'], {'agent': state}, {'counters': counters, 'config': config.to_dict()})
-  start, metrics, interrupted = time.monotonic(), None, None
+  logger, start, interrupted = None, time.monotonic(), None
   # SIGTERM/SIGINT: stop at the next update and checkpoint; held until that checkpoint is written.
   with common.StopFlag() as stop:
     try:
@@ -76,30 +72,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state, counters = restored[1]['agent'], restored[2]['counters']
       logger = common.open_logger(workdir, run_config.steps, unit='updates',
                                   return_key=EVAL_RETURN_KEY, resume_step=counters['updates'])
-      last_save = time.monotonic()
-      while counters['updates'] < run_config.steps:
-        state, metrics = programs.train(state, replay_state)
-        counters['updates'] += 1
-        step = counters['updates']
-        if step % run_config.log_every == 0 or step == run_config.steps:
-          fetched = parallel.to_host(metrics)
-          check_finite(fetched, step)
-          logger.write(step, {**fetched, 'run/updates': step,
-                              'run/seconds': time.monotonic() - start})
-        if run_config.eval_every and (step % run_config.eval_every == 0
-                                      or step == run_config.steps):
-          returns = common.evaluate(agent, programs, state, config, layout,
-                                    run_config.eval_episodes, config.seed + 10_000 + step)
-          logger.write(step, eval_metrics(returns))
-        logger.progress(step, step)
-        checkpointer.check()
-        if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
-          save()
-          last_save = time.monotonic()
-        if stop.signal is not None:
-          interrupted = stop.signal
-          break
-      save()
+      state, interrupted = _train(config, agent, programs, layout, state, replay_state, counters,
+                                  checkpointer, logger, stop)
+      _save(checkpointer, config, state, counters)
       checkpointer.close()
     except BaseException:
       checkpointer.abandon()
@@ -114,3 +89,37 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if interrupted:
     common.warn_interrupted(interrupted, 'update', counters['updates'])
   return summary
+
+
+def _save(checkpointer, config: ml_collections.ConfigDict, state, counters: dict) -> None:
+  checkpointer.save(counters['updates'], {'agent': state},
+                    {'counters': counters, 'config': config.to_dict()})
+
+
+def _train(config: ml_collections.ConfigDict, agent: Agent, programs: common.Programs,
+           layout: parallel.Layout, state, replay_state, counters: dict, checkpointer, logger,
+           stop: common.StopFlag):
+  """Updates until `run.steps` or a signal, logging, evaluating and saving on the way (a full
+  disk ends it within a second); returns the state and the signal that stopped it, if one did."""
+  run_config, start = config.run, time.monotonic()
+  last_save = start
+  while counters['updates'] < run_config.steps:
+    state, metrics = programs.train(state, replay_state)
+    counters['updates'] += 1
+    step = counters['updates']
+    if step % run_config.log_every == 0 or step == run_config.steps:
+      fetched = parallel.to_host(metrics)
+      check_finite(fetched, step)
+      logger.write(step, {**fetched, 'run/updates': step, 'run/seconds': time.monotonic() - start})
+    if run_config.eval_every and (step % run_config.eval_every == 0 or step == run_config.steps):
+      returns = common.evaluate(agent, programs, state, config, layout, run_config.eval_episodes,
+                                config.seed + 10_000 + step)
+      logger.write(step, eval_metrics(returns))
+    logger.progress(step, step)
+    checkpointer.check()
+    if time.monotonic() - last_save >= 60 * run_config.save_every_minutes:
+      _save(checkpointer, config, state, counters)
+      last_save = time.monotonic()
+    if stop.signal is not None:
+      return state, stop.signal
+  return state, None
