@@ -159,9 +159,11 @@ def first_reach(rows: list[dict], key: str, threshold: float) -> tuple[int | Non
                  and row[key] >= threshold), None)
     if step is None:
         return None, None
-    seconds = [row['run/seconds'] for row in rows
-               if 'run/seconds' in row and row['step'] >= step]
-    return int(step), (float(min(seconds)) if seconds else None)
+    # The first such row in the file: a resumed run restarts its clock, so later rows may
+    # carry fewer seconds.
+    seconds = next((row['run/seconds'] for row in rows
+                    if 'run/seconds' in row and row['step'] >= step), None)
+    return int(step), (None if seconds is None else float(seconds))
 
 
 def score_run(workdir: str, final_fraction: float = FINAL_FRACTION,
