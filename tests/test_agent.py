@@ -162,6 +162,9 @@ def test_variants_select_the_recipe():
   assert make_agent(variant='dreamerv1').behavior.reinforce_mix == 0.0
   assert make_agent(variant='dreamerv2', discrete=True).behavior.reinforce_mix == 1.0
   assert make_agent(variant='dreamerv2', discrete=False).behavior.reinforce_mix == 0.0
+  # DreamerV3 as its 2023 code: REINFORCE for discrete actions, backprop for continuous ones.
+  assert make_agent(variant='dreamerv3', discrete=True).behavior.reinforce_mix == 1.0
+  assert make_agent(variant='dreamerv3', discrete=False).behavior.reinforce_mix == 0.0
   # A user override wins over the preset.
   config = configs.base()
   config.variant, config.size, config.model.classes = 'dreamerv2', 'debug', 8

@@ -318,3 +318,28 @@ def test_plot_learning_curves(tmp_path):
     assert path == os.path.join(root, 'curves.png')
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_a_run_of_several_seeds_scores_each_seed(tmp_path):
+    # A run with num_seeds=2 (seeds 5 and 6 side by side) tags each seed's rows with its index;
+    # the shared run/ rows carry no tag.
+    workdir = tmp_path / 'CartPole-v1__seeds5-6'
+    workdir.mkdir()
+    config = {'task': 'CartPole-v1', 'variant': 'dreamerv3', 'size': 'tiny', 'seed': 5,
+              'num_seeds': 2, 'run': {'steps': 1000}, 'env': {}}
+    (workdir / 'config.json').write_text(json.dumps(config))
+    rows = [{'step': 500, 'run/seconds': 3.0}]
+    for step, first, second in ((500, 10.0, 20.0), (950, 100.0, 300.0), (1000, 200.0, 500.0)):
+        rows += [{'step': step, 'seed': 0, 'episode/return': first},
+                 {'step': step, 'seed': 1, 'episode/return': second}]
+    (workdir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+    histories = tables.seed_histories(str(workdir))
+    assert [seed for seed, _ in histories] == [5, 6]
+    assert all(rows[0] == {'step': 500, 'run/seconds': 3.0} for _, rows in histories)
+    runs = tables.collect(str(tmp_path), threshold=250.0)
+    assert [(run.name, run.seed, run.score, run.best) for run in runs] == [
+        ('CartPole-v1__seeds5-6/seed5', 5, 150.0, 200.0),
+        ('CartPole-v1__seeds5-6/seed6', 6, 400.0, 500.0)]
+    assert (runs[0].reached_step, runs[1].reached_step) == (None, 950)
+    assert plots._run_curves(str(tmp_path), 'episode/return')['CartPole-v1'][
+        'dreamerv3 (tiny)'][1][1].tolist() == [20.0, 300.0, 500.0]

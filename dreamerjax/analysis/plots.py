@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from dreamerjax.analysis import published, tables
-from dreamerjax.run.logger import METRICS_FILE, RETURN_KEY, read_metrics
+from dreamerjax.run.logger import RETURN_KEY
 
 BANDS = ('minmax', 'std')
 
@@ -58,13 +58,11 @@ def _run_curves(root: str, key: str) -> dict:
     """``{task: {method: [(steps, values, budget, from_pixels)]}}`` of every run of ``root``."""
     found: dict = collections.defaultdict(lambda: collections.defaultdict(list))
     for folder in tables.run_folders(root):
-        run = tables.score_run(folder, key=key)
-        rows = []
-        if os.path.exists(os.path.join(folder, METRICS_FILE)):
-            rows = tables.drop_superseded(read_metrics(folder))
-        points = [(row['step'], row[key]) for row in rows if row.get(key) is not None]
-        steps, values = (np.asarray(points, np.float64).T if points else (np.zeros(0),) * 2)
-        found[run.task][run.method].append((steps, values, run.budget, run.from_pixels))
+        runs = tables.score_run(folder, key=key)
+        for run, (_, rows) in zip(runs, tables.seed_histories(folder), strict=True):
+            points = [(row['step'], row[key]) for row in rows if row.get(key) is not None]
+            steps, values = (np.asarray(points, np.float64).T if points else (np.zeros(0),) * 2)
+            found[run.task][run.method].append((steps, values, run.budget, run.from_pixels))
     return found
 
 

@@ -166,27 +166,45 @@ def first_reach(rows: list[dict], key: str, threshold: float) -> tuple[int | Non
     return int(step), (None if seconds is None else float(seconds))
 
 
-def score_run(workdir: str, final_fraction: float = FINAL_FRACTION,
-              key: str = RETURN_KEY, threshold: float | None = None) -> RunScore:
-    """Reads a run folder (config.json and metrics.jsonl) and scores it; with a
-    ``threshold``, also when ``key`` first reached it."""
+def seed_histories(workdir: str) -> list[tuple[int, list[dict]]]:
+    """``[(seed, rows)]`` of a run folder, rows as ``drop_superseded`` leaves them: one entry for a
+    run of one seed; for a run that trained ``num_seeds = K`` agents side by side, one per seed
+    ``config.seed + k``, with the rows tagged ``"seed": k`` and the untagged ones (the ``run/``
+    rows every seed shares)."""
     with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
         config = json.load(f)
-    budget = int(config['run']['steps'])
     rows = []
     if os.path.exists(os.path.join(workdir, METRICS_FILE)):
         rows = drop_superseded(read_metrics(workdir))
-    last_step = int(max((row['step'] for row in rows), default=0))
-    score, episodes = final_score(rows, budget, final_fraction, key)
-    values = [row[key] for row in rows if row.get(key) is not None]
-    reached = first_reach(rows, key, threshold) if threshold is not None else (None, None)
-    return RunScore(
-        name=os.path.basename(os.path.normpath(workdir)), workdir=workdir, task=config['task'],
-        method=method_label(config), seed=int(config.get('seed', 0)), budget=budget,
-        last_step=last_step, finished=last_step >= budget, score=score, episodes=episodes,
-        from_pixels=bool(config.get('env', {}).get('from_pixels', False)),
-        best=float(max(values)) if values else None, reached_step=reached[0],
-        reached_seconds=reached[1])
+    seed, count = int(config.get('seed', 0)), int(config.get('num_seeds', 1))
+    if count == 1:
+        return [(seed, rows)]
+    return [(seed + k, [row for row in rows if row.get('seed', k) == k]) for k in range(count)]
+
+
+def score_run(workdir: str, final_fraction: float = FINAL_FRACTION,
+              key: str = RETURN_KEY, threshold: float | None = None) -> list[RunScore]:
+    """Reads a run folder (config.json and metrics.jsonl) and scores each seed it trained (one
+    unless ``num_seeds > 1``); with a ``threshold``, also when ``key`` first reached it."""
+    with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
+        config = json.load(f)
+    budget = int(config['run']['steps'])
+    name = os.path.basename(os.path.normpath(workdir))
+    histories = seed_histories(workdir)
+    scores = []
+    for seed, rows in histories:
+        last_step = int(max((row['step'] for row in rows), default=0))
+        score, episodes = final_score(rows, budget, final_fraction, key)
+        values = [row[key] for row in rows if row.get(key) is not None]
+        reached = first_reach(rows, key, threshold) if threshold is not None else (None, None)
+        scores.append(RunScore(
+            name=name if len(histories) == 1 else f'{name}/seed{seed}', workdir=workdir,
+            task=config['task'], method=method_label(config), seed=seed, budget=budget,
+            last_step=last_step, finished=last_step >= budget, score=score, episodes=episodes,
+            from_pixels=bool(config.get('env', {}).get('from_pixels', False)),
+            best=float(max(values)) if values else None, reached_step=reached[0],
+            reached_seconds=reached[1]))
+    return scores
 
 
 def run_folders(root: str) -> list[str]:
@@ -197,8 +215,10 @@ def run_folders(root: str) -> list[str]:
 
 def collect(root: str, final_fraction: float = FINAL_FRACTION,
             key: str = RETURN_KEY, threshold: float | None = None) -> list[RunScore]:
-    """Scores every run folder of ``root``, sorted by method, task and seed."""
-    runs = [score_run(folder, final_fraction, key, threshold) for folder in run_folders(root)]
+    """Scores every run (every seed of every run folder) of ``root``, sorted by method, task and
+    seed."""
+    runs = [run for folder in run_folders(root)
+            for run in score_run(folder, final_fraction, key, threshold)]
     return sorted(runs, key=lambda run: (run.method, run.task, run.seed, run.name))
 
 

@@ -54,11 +54,14 @@ TRANSFORMER_SIZES = {
 
 # Each variant is a recipe over the same parts. Paper values; see README for sources.
 VARIANTS = {
-    # DreamerV3 (Hafner et al. 2023, arXiv:2301.04104v1 hyperparameter table).
+    # DreamerV3 (Hafner et al. 2023, arXiv:2301.04104v1 hyperparameter table). The actor's
+    # gradient is REINFORCE for discrete actions and dynamics backprop for continuous ones, as in
+    # the 2023 code (`actor_grad_disc: reinforce`, `actor_grad_cont: backprop`); the 2024 code
+    # uses REINFORCE for both (`agent.actor_grad_mix=1`).
     'dreamerv3': dict(
         model=dict(latent='categorical', unimix=0.01, free_nats=1.0, dyn_scale=0.5,
                    rep_scale=0.1, reward_head='twohot'),
-        agent=dict(critic_head='twohot', actor_grad_mix=1.0, entropy=3e-4, slow_critic_reg=1.0,
+        agent=dict(critic_head='twohot', actor_grad_mix=-1.0, entropy=3e-4, slow_critic_reg=1.0,
                    slow_critic_target=False, return_norm='percentile', replay_critic=0.3),
         optim=dict(model_lr=1e-4, actor_lr=3e-5, critic_lr=3e-5)),
     # DreamerV2 (Hafner et al. 2021): 32x32 categorical, KL balancing 0.8, mixed actor gradients
