@@ -72,11 +72,14 @@ def main(argv):
       if suite == 'atari100k':  # the CPU preset, so the loop measures plumbing, not a 12m model
         config_suite = {**config_suite, 'size': 'tiny'}
       default_ratio = config_suite['run']['train_ratio']
-      for ratio in (0.0, default_ratio):
-        record = benchmark.loop_record(config_suite, task, ratio, steps)
-        logging.info('%s', record)
-        records.append(record)
-        _write('loop', records)
+      # Random actions, the policy without updates, the suite's train ratio; each with the host
+      # loop and the on-device loop back to back.
+      for ratio in (0.0, 'policy', default_ratio):
+        for loop in ('host', 'device'):
+          record = benchmark.loop_record(config_suite, task, ratio, steps, loop=loop)
+          logging.info('%s', record)
+          records.append(record)
+          _write('loop', records)
   if 'scaling' in _ONLY.value:
     # Weak scaling: a fixed batch per device; the global batch grows with the devices.
     records = benchmark.scaling_records([int(n) for n in _SCALING_DEVICES.value],

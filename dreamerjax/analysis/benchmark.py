@@ -167,14 +167,19 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
           'matmul_flops': matmul, 'matmul_flops_per_s': matmul / step_s}
 
 
-def loop_record(suite: dict, task: str, train_ratio: float, steps: int, envs: int = 4) -> dict:
-  """Env steps/s of the whole loop (acting, replay, training) after the first log interval."""
+def loop_record(suite: dict, task: str, train_ratio: float | str, steps: int, envs: int = 4,
+                loop: str = 'host') -> dict:
+  """Env steps/s of the whole loop (acting, replay, training) after the first log interval.
+  `train_ratio`: 0 for random actions only (a prefill as long as the run), 'policy' for acting
+  with the policy and no updates, else the ratio. `loop`: `run.loop` (host or device)."""
   config = configs.experiment(f'task={task}', suite)
-  configs.update(config, {'run': dict(steps=steps, train_ratio=max(train_ratio, 1e-9), envs=envs,
-                                      prefill=0 if train_ratio == 0 else min(1000, steps // 4),
+  ratio = 1e-9 if train_ratio == 'policy' else max(train_ratio, 1e-9)
+  configs.update(config, {'run': dict(steps=steps, train_ratio=ratio, envs=envs,
+                                      prefill=0 if train_ratio in (0, 'policy')
+                                      else min(1000, steps // 4),
                                       log_every=steps // 4, eval_every=0,
                                       replay_capacity=max(10_000, steps * 2),
-                                      save_every_minutes=1e6, compile_cache='')})
+                                      save_every_minutes=1e6, compile_cache='', loop=loop)})
   if train_ratio == 0:  # collection only: a prefill as long as the run never trains
     config.run.prefill = steps + 1
     config.run.train_ratio = 1.0
@@ -183,7 +188,9 @@ def loop_record(suite: dict, task: str, train_ratio: float, steps: int, envs: in
     rows = [row for row in logger.read_metrics(workdir) if 'run/seconds' in row]
   first, last = rows[0], rows[-1]
   rate = (last['step'] - first['step']) / max(last['run/seconds'] - first['run/seconds'], 1e-9)
-  return {'task': task, 'size': config.size, 'train_ratio': train_ratio, 'envs': envs,
+  return {'task': task, 'size': config.size, 'loop': loop,
+          'loop_steps': config.run.loop_steps if loop == 'device' else 1,
+          'train_ratio': 0.0 if train_ratio == 'policy' else train_ratio, 'envs': envs,
           'steps': steps, 'env_steps_per_s': round(rate, 1), 'updates': summary['updates'],
           'policy': 'random (prefill)' if train_ratio == 0 else 'agent'}
 

@@ -41,6 +41,7 @@ __all__ = [
     "benchmark_env",
     "continuous_actions",
     "discrete_actions",
+    "envpool_step",
     "known_tasks",
     "make_env",
     "preload_gl",
@@ -243,17 +244,15 @@ class VectorEnv:
     def _step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         obs, reward, terminated, truncated, info = self._env.step(action)
         self.truth = _ground_truth(self.family, obs, info, self.num_envs)
-        is_first = np.asarray(info["elapsed_step"]) == 0
-        reward = np.asarray(reward, np.float32).copy()
-        reward[is_first] = 0.0  # envpool repeats the last reward on the auto-reset step (DMC)
-        terminated = np.asarray(terminated, bool) & ~is_first
-        is_last = (terminated | np.asarray(truncated, bool)) & ~is_first
-        out = self._convert_obs(obs)
-        out["reward"] = reward
-        out["is_first"] = is_first
-        out["is_last"] = is_last
-        out["is_terminal"] = terminated
-        return out
+        return envpool_step(self._convert_obs(obs), reward, terminated, truncated,
+                            info["elapsed_step"])
+
+    def native_action(self, action: Any, xp: Any = np) -> Any:
+        """Continuous actions in [-1, 1] (clipped) -> the env's own bounds and dtype; ``xp`` is
+        numpy or jax.numpy."""
+        low, high = self.native_action_low, self.native_action_high
+        action = xp.clip(xp.asarray(action, xp.float32), -1.0, 1.0)
+        return (low + (action + 1.0) * 0.5 * (high - low)).astype(self._native_dtype)
 
     def _convert_action(self, action: np.ndarray) -> np.ndarray:
         n = self.num_envs
@@ -273,9 +272,7 @@ class VectorEnv:
             raise ValueError(
                 f"expected actions of shape {(n, *self.act_space.shape)}, got {action.shape}"
             )
-        action = np.clip(action, -1.0, 1.0)
-        low, high = self.native_action_low, self.native_action_high
-        return (low + (action + 1.0) * 0.5 * (high - low)).astype(self._native_dtype)
+        return self.native_action(action)
 
     def pop_finished_episodes(self) -> list[tuple[int, float, int]]:
         """(env_index, return, length) of episodes ended since the last call; clears them."""
@@ -337,18 +334,34 @@ def _ground_truth(family: str, obs: Any, info: dict, n: int) -> dict[str, np.nda
     return {}
 
 
-def _image_obs(obs: np.ndarray) -> dict[str, np.ndarray]:
-    return {"image": np.ascontiguousarray(np.asarray(obs).transpose(0, 2, 3, 1))}
+def envpool_step(obs: dict, reward: Any, terminated: Any, truncated: Any, elapsed_step: Any,
+                 xp: Any = np) -> dict:
+    """The step dict (module doc) of an envpool step whose observation ``obs`` is converted
+    already; ``xp`` is numpy or jax.numpy (envpool's XLA interface inside jit)."""
+    is_first = xp.asarray(elapsed_step) == 0
+    # envpool repeats the last reward on the auto-reset step (DMC): zeroed.
+    reward = xp.where(is_first, 0.0, xp.asarray(reward, xp.float32)).astype(xp.float32)
+    terminated = xp.asarray(terminated, bool) & ~is_first
+    is_last = (terminated | xp.asarray(truncated, bool)) & ~is_first
+    return {**obs, "reward": reward, "is_first": is_first, "is_last": is_last,
+            "is_terminal": terminated}
 
 
-def _vector_obs(obs: np.ndarray) -> dict[str, np.ndarray]:
-    return {"vector": np.array(obs, np.float32)}
+# Observation converters: envpool's batch -> the obs dict; ``xp`` is numpy or jax.numpy.
 
 
-def _dict_vector_obs(keys: list[str], n: int) -> Callable[[Any], dict[str, np.ndarray]]:
-    def convert(obs: Any) -> dict[str, np.ndarray]:
-        parts = [np.asarray(obs[k]).reshape(n, -1) for k in keys]
-        return {"vector": np.concatenate(parts, axis=1).astype(np.float32)}
+def _image_obs(obs: Any, xp: Any = np) -> dict:
+    return {"image": xp.asarray(obs).transpose(0, 2, 3, 1).copy()}
+
+
+def _vector_obs(obs: Any, xp: Any = np) -> dict:
+    return {"vector": xp.array(obs, xp.float32)}
+
+
+def _dict_vector_obs(keys: list[str], n: int) -> Callable[..., dict]:
+    def convert(obs: Any, xp: Any = np) -> dict:
+        parts = [xp.asarray(obs[k]).reshape(n, -1) for k in keys]
+        return {"vector": xp.concatenate(parts, axis=1).astype(xp.float32)}
 
     return convert
 
@@ -466,7 +479,7 @@ def make_env(
 
     if family == "atari" or from_pixels:
         obs_space = {"image": ((height, width, 3), np.dtype(np.uint8))}
-        convert_obs: Callable[[Any], dict[str, np.ndarray]] = _image_obs
+        convert_obs: Callable[..., dict] = _image_obs
     elif family == "dmc":
         keys = sorted(space.spaces)
         dim = sum(int(np.prod(space.spaces[k].shape)) for k in keys)

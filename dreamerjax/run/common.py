@@ -249,6 +249,8 @@ class Programs:
   add(replay, step) -> replay: writes one step `[N, ...]` of every env; the replay is donated.
   predict(state, replay) -> open-loop prediction (`openloop.open_loop`) of a replayed batch
     `[B, T]` from its first `OPENLOOP_CONTEXT` steps, replicated (one seed only).
+  train_fn: `train` of one seed before jit, for programs that call it inside their own loop
+    (`device_loop`).
   """
 
   train: Callable
@@ -258,6 +260,7 @@ class Programs:
   predict: Callable
   state_sharding: Any
   replay_sharding: Any
+  train_fn: Callable
 
 
 def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDict,
@@ -310,7 +313,7 @@ def build(agent: Agent, layout: parallel.Layout, config: ml_collections.ConfigDi
                   out_shardings=replay_sharding, donate_argnums=0),
       predict=jax.jit(predict, in_shardings=(state_sharding, replay_sharding),
                       out_shardings=whole),
-      state_sharding=state_sharding, replay_sharding=replay_sharding)
+      state_sharding=state_sharding, replay_sharding=replay_sharding, train_fn=train)
   make_state = jax.jit(lambda: init(keys()), out_shardings=state_sharding)
   return programs, make_state, jax.jit(make_replay, out_shardings=replay_sharding)
 

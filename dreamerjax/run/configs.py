@@ -116,6 +116,10 @@ DYNAMICS = ('rssm', 'transformer')
 ACTOR_OBJECTIVES = ('reinforce', 'sign')
 
 MODES = ('online', 'offline')
+# How the online loop acts: 'host' steps the envs from Python (one policy call per env step);
+# 'device' runs `run.loop_steps` steps of acting, env steps, replay writes and updates in one
+# jitted scan (`run/device_loop.py`: envpool tasks with int32/float32 actions and jax: tasks).
+LOOPS = ('host', 'device')
 
 
 def _placeholder(kind):
@@ -151,6 +155,8 @@ def _run_section() -> ml_collections.ConfigDict:
   c.force = False                    # start over even if the workdir holds another run
   c.compile_cache = '~/.cache/dreamerjax/xla'  # persistent XLA cache ('' disables)
   c.transfer_guard = False           # fail on implicit host<->device copies in the loop (debug)
+  c.loop = 'host'                    # host: a host call per env step; device: see LOOPS
+  c.loop_steps = 64                  # loop=device: steps of every env per host call
   return c
 
 
@@ -463,7 +469,8 @@ RULES: dict[str, Rule] = {
     'seed': _SEED, 'num_seeds': _count(1),
     'env.image_size': _count(16, multiple=16), 'env.noop_max': _count(0),
     'env.max_episode_steps': _count(1, optional=True),
-    'run.mode': Rule(choices=MODES), 'run.steps': _count(1), 'run.train_ratio': _positive(),
+    'run.mode': Rule(choices=MODES), 'run.loop': Rule(choices=LOOPS),
+    'run.loop_steps': _count(1), 'run.steps': _count(1), 'run.train_ratio': _positive(),
     'run.envs': _count(1), 'run.batch_size': _count(1), 'run.batch_length': _count(2),
     'run.replay_capacity': _count(1), 'run.prefill': _count(0), 'run.log_every': _count(1),
     'run.eval_every': _count(0), 'run.eval_episodes': _count(1),
@@ -594,6 +601,9 @@ def _policy_problems(config: ml_collections.ConfigDict) -> list[str]:
       problems.append('--config.model.latent must be gaussian for worldmodels (the VAE latent)')
   if run.mode == 'offline' and config.num_seeds != 1:
     problems.append('--config.num_seeds must be 1 with --config.run.mode=offline')
+  if run.loop == 'device' and config.num_seeds != 1:
+    problems.append('--config.num_seeds must be 1 with --config.run.loop=device (one seed on one '
+                    'device; use run.loop=host for several)')
   if run.mode == 'offline' and not run.dataset:
     problems.append('--config.run.mode=offline needs --config.run.dataset=<directory> (record one '
                     'with scripts/record.py)')

@@ -252,7 +252,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config.num_seeds` agents online as `config` (from `common.setup`) says, in
   `workdir`; returns a summary."""
   mesh = parallel.make_mesh(config.parallel.devices)
-  loop = OnlineLoop(config, workdir, parallel.Layout(mesh, config.num_seeds))
+  layout = parallel.Layout(mesh, config.num_seeds)
+  if config.run.loop == 'device':
+    from dreamerjax.run.device_loop import DeviceLoop  # it subclasses OnlineLoop
+    loop = DeviceLoop(config, workdir, layout)
+  else:
+    loop = OnlineLoop(config, workdir, layout)
   # SIGTERM/SIGINT: stop at the next step and checkpoint; held until that checkpoint is written.
   with common.StopFlag() as stop:
     try:
