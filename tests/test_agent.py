@@ -103,26 +103,40 @@ def test_observe_resets_on_is_first():
 ])
 def test_train_step_runs_and_compiles_once(obs_kind, discrete, variant):
   agent = make_agent(obs_kind, discrete, variant)
-  state = agent.init(jax.random.key(0))
-  step = jax.jit(agent.train_step, donate_argnums=0)
-  for seed in range(3):
-    state, metrics = step(state, make_batch(agent, seed))
-  assert step._cache_size() == 1
+  state, values, actions = train_and_act(agent, steps=3)
   assert int(state.step) == 3
-  values = jax.device_get(metrics)
-  assert all(np.isfinite(v) for v in values.values()), values
   assert values['train/nonfinite'] == 0.0
   for key in ('wm/loss', 'ac/actor_loss', 'ac/critic_loss', 'ac/return_mean'):
     assert key in values
+  for action in actions:
+    env_action = agent.env_action(action)
+    assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
+
+
+def train_and_act(agent, steps=2, modes=('train', 'eval'), carry_out=None):
+  """`steps` jitted train steps on random batches (one compilation, finite metrics), then one
+  policy step per mode in `modes` for 2 envs from a fresh carry (the first on `is_first`).
+  Returns `(state, metrics, actions)`; the last policy carry goes to `carry_out['carry']`."""
+  state = agent.init(jax.random.key(0))
+  step = jax.jit(agent.train_step, donate_argnums=0)
+  for seed in range(steps):
+    state, metrics = step(state, make_batch(agent, seed))
+  assert step._cache_size() == 1
+  values = jax.device_get(metrics)
+  assert all(np.isfinite(v) for v in values.values()), values
   carry = agent.initial_policy_carry(2)
   obs = {k: v[:2, 0] for k, v in make_batch(agent).items() if k in agent.obs_space}
   obs['is_first'] = jnp.ones(2, bool)
   policy = jax.jit(agent.policy_step, static_argnames='mode')
-  for mode in ('train', 'eval'):
+  actions = []
+  for mode in modes:
     carry, action = policy(state, carry, obs, jax.random.key(1), mode=mode)
+    obs['is_first'] = jnp.zeros(2, bool)
     assert action.shape == (2, agent.action_size)
-    env_action = agent.env_action(action)
-    assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
+    actions.append(action)
+  if carry_out is not None:
+    carry_out['carry'] = carry
+  return state, values, actions
 
 
 @pytest.mark.parametrize('bc_weight', [0.0, 1.0])

@@ -11,6 +11,7 @@ import optax
 
 from dreamerjax.models import dists, heads, nets, ops
 from dreamerjax.models.rssm import RSSM, RSSMCell
+from dreamerjax.models.ssm import SSM, SSMCore
 from dreamerjax.models.transformer import Transformer, TransformerCore
 from dreamerjax.types import Batch, Params
 
@@ -37,6 +38,10 @@ class WorldModel:
       dynamics = Transformer(TransformerCore(
           width=m.width, layers=m.layers, heads=m.heads, hidden=m.hidden, stoch=m.stoch,
           classes=m.classes, unimix=m.unimix, **common), context=m.context)
+    elif m.get('dynamics') == 'ssm':
+      dynamics = SSM(SSMCore(
+          width=m.width, layers=m.layers, state=m.state, hidden=m.hidden, stoch=m.stoch,
+          classes=m.classes, unimix=m.unimix, **common))
     else:
       dynamics = RSSM(RSSMCell(
           deter=m.deter, hidden=m.hidden, stoch=m.stoch, classes=m.classes, latent=m.latent,
