@@ -325,3 +325,41 @@ def test_matmul_flops_counts_every_loop_iteration():
     return jax.lax.cond(y.sum() > 0, lambda: y @ jnp.ones((7, 1)),  # 2*10*7 = 140
                         lambda: jnp.zeros((5, 2, 1)))
   assert benchmark.matmul_flops(f, jnp.ones((3, 4)), jnp.ones((5, 2, 3))) == 240 + 560 + 140
+
+
+def with_context(agent, batch, seed):
+  """`batch` with stored latent states (`model.replay_context`): random for `seed`, else zeros."""
+  rng = np.random.default_rng(seed)
+  fields = {name: (rng.normal(size=(B, T, *shape)) if seed is not None
+                   else np.zeros((B, T, *shape))).astype(np.float32)
+            for name, (shape, _) in agent.world_model.context_spec().items()}
+  return {**batch, **jax.tree.map(jnp.asarray, fields)}
+
+
+def test_replay_context_starts_from_the_stored_state():
+  agent = make_agent(replay_context=True)
+  assert set(agent.world_model.context_spec()) == {'context_deter', 'context_stoch'}
+  params = agent.world_model.init(jax.random.key(0))
+  loss = jax.jit(lambda batch: agent.world_model.loss(params, batch, jax.random.key(1))[0])
+  batch = make_batch(agent)
+  stored = [float(loss(with_context(agent, batch, seed))) for seed in (None, 1, 2)]
+  assert len(set(stored)) == 3, stored  # the stored state of step 0 changes the loss
+  # Only step 0's stored state is read.
+  later = with_context(agent, batch, 1)
+  later['context_deter'] = later['context_deter'].at[:, 1:].set(9.0)
+  assert float(loss(later)) == stored[1]
+  # A sequence that starts an episode starts fresh, as without the option.
+  fresh = {**batch, 'is_first': batch['is_first'].at[:, 0].set(True)}
+  plain = make_agent()
+  expected = float(plain.world_model.loss(params, batch, jax.random.key(1))[0])
+  for seed in (None, 1):
+    np.testing.assert_allclose(float(loss(with_context(agent, fresh, seed))), expected, rtol=1e-6)
+  # The whole train step runs on the stored state.
+  _, metrics = jax.jit(agent.train_step)(agent.init(jax.random.key(0)),
+                                             with_context(agent, batch, 1))
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  # The option needs RSSM dynamics in online runs.
+  config = configs.base()
+  configs.update(config, {'model': {'replay_context': True, 'dynamics': 'ssm'}})
+  with pytest.raises(ValueError, match='replay_context=True needs --config.model.dynamics=rssm'):
+    configs.validate(configs.resolve(config))

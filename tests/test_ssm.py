@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from test_agent import B, T, make_agent, make_batch, train_and_act
-from test_transformer import observed
+from test_transformer import observe_ones, observed
 
 from dreamerjax.models import ssm
 from dreamerjax.run import configs
@@ -46,12 +46,7 @@ def test_observe_imagine_shapes_and_presets():
   m = agent.config.model
   assert (m.width, m.layers, m.state) == tuple(configs.SSM_SIZES['debug'][k]
                                                for k in ('width', 'layers', 'state'))
-  world_params = agent.world_model.init(jax.random.key(0))
-  params = world_params['dynamics']
-  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
-  carry, feats, post, prior = jax.jit(dynamics.observe)(
-      params, dynamics.initial(B), embed, jnp.zeros((B, T, A)), jnp.zeros((B, T), bool),
-      jax.random.key(1))
+  params, carry, feats, post, prior = observe_ones(agent)
   assert feats.shape == (B, T, dynamics.feature_size) == (B, T, m.width + 16)
   assert carry['memory'].shape == (B, m.layers, 2 * m.state)
   assert post['logits'].shape == prior['logits'].shape == (B, T, 4, 4)

@@ -35,16 +35,21 @@ def observe_features(agent, world_params, embeds, actions, is_first):
                  is_first, jax.random.key(3))
 
 
+def observe_ones(agent):
+  """(dynamics params, carry, features, post, prior) of `observe` over `[B, T]` constant inputs."""
+  dynamics = agent.world_model.dynamics
+  world_params = agent.world_model.init(jax.random.key(0))
+  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
+  return world_params['dynamics'], *jax.jit(dynamics.observe)(
+      world_params['dynamics'], dynamics.initial(B), embed, jnp.zeros((B, T, A)),
+      jnp.zeros((B, T), bool), jax.random.key(1))
+
+
 def test_observe_imagine_shapes_and_presets():
   agent = transformer_agent()
   dynamics = agent.world_model.dynamics
   assert type(dynamics).__name__ == 'Transformer'
-  world_params = agent.world_model.init(jax.random.key(0))
-  params = world_params['dynamics']
-  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
-  carry, feats, post, prior = jax.jit(dynamics.observe)(
-      params, dynamics.initial(B), embed, jnp.zeros((B, T, A)), jnp.zeros((B, T), bool),
-      jax.random.key(1))
+  params, carry, feats, post, prior = observe_ones(agent)
   width, context = agent.config.model.width, agent.config.model.context
   assert feats.shape == (B, T, dynamics.feature_size) and carry['deter'].shape == (B, width)
   assert carry['keys'].shape[:3] == (B, agent.config.model.layers, context)

@@ -185,6 +185,10 @@ def _model_section() -> ml_collections.ConfigDict:
   for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
     c[key] = _placeholder(float)
   c.reward_head = _placeholder(str)
+  # Replayed sequences start from the latent state stored with their first step (the policy's
+  # RSSM state when it acted there) instead of a fresh one (the public DreamerV3 code's
+  # `replay_context`); RSSM dynamics and online runs only.
+  c.replay_context = False
   c.update(encoder_layers=3, decoder_layers=3, head_layers=1, norm='layer', act='silu',
            kernel=4, compute_dtype='float32', bins=255, decoder_scale=1.0, reward_scale=1.0,
            cont_scale=1.0)
@@ -501,6 +505,7 @@ RULES: dict[str, Rule] = {
     **{f'model.{key}': _NON_NEGATIVE for key in ('free_nats', 'dyn_scale', 'rep_scale',
                                                  'decoder_scale', 'reward_scale', 'cont_scale')},
     'model.reward_head': Rule(choices=('twohot', 'mse')),
+    'model.replay_context': Rule(choices=(False, True)),
     **{f'model.{key}': _count(0) for key in ('encoder_layers', 'decoder_layers', 'head_layers')},
     'model.norm': Rule(choices=('layer', 'rms', 'none')),
     'model.act': Rule(choices=('silu', 'elu', 'relu', 'tanh')),
@@ -629,8 +634,13 @@ def _policy_problems(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def _dynamics_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Checks of the Transformer and SSM dynamics keys."""
+  """Checks of the dynamics keys: Transformer and SSM sizes, the replay context."""
   model, run, problems = config.model, config.run, []
+  if model.replay_context and (model.dynamics != 'rssm' or run.mode != 'online'
+                               or config.variant == 'worldmodels'):
+    problems.append(f'--config.model.replay_context=True needs --config.model.dynamics=rssm and '
+                    f'--config.run.mode=online (got dynamics={model.dynamics}, mode={run.mode}, '
+                    f'variant={config.variant}): the stored state is the RSSM state of acting')
   if model.dynamics == 'rssm':
     return problems
   if model.latent != 'categorical':
