@@ -103,26 +103,40 @@ def test_observe_resets_on_is_first():
 ])
 def test_train_step_runs_and_compiles_once(obs_kind, discrete, variant):
   agent = make_agent(obs_kind, discrete, variant)
-  state = agent.init(jax.random.key(0))
-  step = jax.jit(agent.train_step, donate_argnums=0)
-  for seed in range(3):
-    state, metrics = step(state, make_batch(agent, seed))
-  assert step._cache_size() == 1
+  state, values, actions = train_and_act(agent, steps=3)
   assert int(state.step) == 3
-  values = jax.device_get(metrics)
-  assert all(np.isfinite(v) for v in values.values()), values
   assert values['train/nonfinite'] == 0.0
   for key in ('wm/loss', 'ac/actor_loss', 'ac/critic_loss', 'ac/return_mean'):
     assert key in values
+  for action in actions:
+    env_action = agent.env_action(action)
+    assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
+
+
+def train_and_act(agent, steps=2, modes=('train', 'eval'), carry_out=None):
+  """`steps` jitted train steps on random batches (one compilation, finite metrics), then one
+  policy step per mode in `modes` for 2 envs from a fresh carry (the first on `is_first`).
+  Returns `(state, metrics, actions)`; the last policy carry goes to `carry_out['carry']`."""
+  state = agent.init(jax.random.key(0))
+  step = jax.jit(agent.train_step, donate_argnums=0)
+  for seed in range(steps):
+    state, metrics = step(state, make_batch(agent, seed))
+  assert step._cache_size() == 1
+  values = jax.device_get(metrics)
+  assert all(np.isfinite(v) for v in values.values()), values
   carry = agent.initial_policy_carry(2)
   obs = {k: v[:2, 0] for k, v in make_batch(agent).items() if k in agent.obs_space}
   obs['is_first'] = jnp.ones(2, bool)
   policy = jax.jit(agent.policy_step, static_argnames='mode')
-  for mode in ('train', 'eval'):
+  actions = []
+  for mode in modes:
     carry, action = policy(state, carry, obs, jax.random.key(1), mode=mode)
+    obs['is_first'] = jnp.zeros(2, bool)
     assert action.shape == (2, agent.action_size)
-    env_action = agent.env_action(action)
-    assert env_action.shape == ((2,) if discrete else (2, agent.action_size))
+    actions.append(action)
+  if carry_out is not None:
+    carry_out['carry'] = carry
+  return state, values, actions
 
 
 @pytest.mark.parametrize('bc_weight', [0.0, 1.0])
@@ -311,3 +325,41 @@ def test_matmul_flops_counts_every_loop_iteration():
     return jax.lax.cond(y.sum() > 0, lambda: y @ jnp.ones((7, 1)),  # 2*10*7 = 140
                         lambda: jnp.zeros((5, 2, 1)))
   assert benchmark.matmul_flops(f, jnp.ones((3, 4)), jnp.ones((5, 2, 3))) == 240 + 560 + 140
+
+
+def with_context(agent, batch, seed):
+  """`batch` with stored latent states (`model.replay_context`): random for `seed`, else zeros."""
+  rng = np.random.default_rng(seed)
+  fields = {name: (rng.normal(size=(B, T, *shape)) if seed is not None
+                   else np.zeros((B, T, *shape))).astype(np.float32)
+            for name, (shape, _) in agent.world_model.context_spec().items()}
+  return {**batch, **jax.tree.map(jnp.asarray, fields)}
+
+
+def test_replay_context_starts_from_the_stored_state():
+  agent = make_agent(replay_context=True)
+  assert set(agent.world_model.context_spec()) == {'context_deter', 'context_stoch'}
+  params = agent.world_model.init(jax.random.key(0))
+  loss = jax.jit(lambda batch: agent.world_model.loss(params, batch, jax.random.key(1))[0])
+  batch = make_batch(agent)
+  stored = [float(loss(with_context(agent, batch, seed))) for seed in (None, 1, 2)]
+  assert len(set(stored)) == 3, stored  # the stored state of step 0 changes the loss
+  # Only step 0's stored state is read.
+  later = with_context(agent, batch, 1)
+  later['context_deter'] = later['context_deter'].at[:, 1:].set(9.0)
+  assert float(loss(later)) == stored[1]
+  # A sequence that starts an episode starts fresh, as without the option.
+  fresh = {**batch, 'is_first': batch['is_first'].at[:, 0].set(True)}
+  plain = make_agent()
+  expected = float(plain.world_model.loss(params, batch, jax.random.key(1))[0])
+  for seed in (None, 1):
+    np.testing.assert_allclose(float(loss(with_context(agent, fresh, seed))), expected, rtol=1e-6)
+  # The whole train step runs on the stored state.
+  _, metrics = jax.jit(agent.train_step)(agent.init(jax.random.key(0)),
+                                             with_context(agent, batch, 1))
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  # The option needs RSSM dynamics in online runs.
+  config = configs.base()
+  configs.update(config, {'model': {'replay_context': True, 'dynamics': 'ssm'}})
+  with pytest.raises(ValueError, match='replay_context=True needs --config.model.dynamics=rssm'):
+    configs.validate(configs.resolve(config))

@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from dreamerjax.run import common, configs, logger, train
@@ -73,6 +74,33 @@ def test_resume_continues_the_same_run(tmp_path):
   # Same budget again: nothing left to do, the run ends at once at the same step.
   third = train.run(debug_config(steps=320), workdir)
   assert third['env_step'] == 320 and third['updates'] == second['updates']
+
+
+def test_replay_context_stores_the_policy_state_next_to_each_step(tmp_path):
+  """With `model.replay_context`, each step in the replay holds the latent state the policy
+  entered it with (the fresh state at the first step), and the train program reads it."""
+  from dreamerjax.run import lock, online, parallel
+  config = debug_config(prefill=0, train_ratio=1e-3)  # acting only: no updates on their own
+  config.model.replay_context = True
+  config, mesh = common.setup(config)
+  workdir = str(tmp_path / 'run')
+  loop = online.OnlineLoop(config, workdir, parallel.Layout(mesh, 1))
+  try:
+    carries = [jax.device_get(loop.carry['latent'])]
+    for _ in range(3):
+      loop._act()
+      carries.append(jax.device_get(loop.carry['latent']))
+    data = jax.device_get(loop.replay_state.data)
+    assert set(carries[0]) == {'deter', 'stoch'} and not carries[0]['deter'].any()
+    assert carries[-1]['deter'].any()
+    for step, carry in enumerate(carries):
+      for name, value in carry.items():
+        np.testing.assert_array_equal(data[f'context_{name}'][0, :, step], value)
+    _, metrics = loop.programs.train(loop.state, loop.replay_state)
+    assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  finally:
+    loop.abandon()
+    lock.release(workdir)
 
 
 def test_debug_run_writes_where_it_runs(tmp_path):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_agent import B, T, make_agent, make_batch
+from test_agent import B, T, make_agent, make_batch, train_and_act
 
 from dreamerjax.run import configs
 
@@ -35,16 +35,21 @@ def observe_features(agent, world_params, embeds, actions, is_first):
                  is_first, jax.random.key(3))
 
 
+def observe_ones(agent):
+  """(dynamics params, carry, features, post, prior) of `observe` over `[B, T]` constant inputs."""
+  dynamics = agent.world_model.dynamics
+  world_params = agent.world_model.init(jax.random.key(0))
+  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
+  return world_params['dynamics'], *jax.jit(dynamics.observe)(
+      world_params['dynamics'], dynamics.initial(B), embed, jnp.zeros((B, T, A)),
+      jnp.zeros((B, T), bool), jax.random.key(1))
+
+
 def test_observe_imagine_shapes_and_presets():
   agent = transformer_agent()
   dynamics = agent.world_model.dynamics
   assert type(dynamics).__name__ == 'Transformer'
-  world_params = agent.world_model.init(jax.random.key(0))
-  params = world_params['dynamics']
-  embed = agent.world_model.encode(world_params, {'vector': jnp.ones((B, T, 5))})
-  carry, feats, post, prior = jax.jit(dynamics.observe)(
-      params, dynamics.initial(B), embed, jnp.zeros((B, T, A)), jnp.zeros((B, T), bool),
-      jax.random.key(1))
+  params, carry, feats, post, prior = observe_ones(agent)
   width, context = agent.config.model.width, agent.config.model.context
   assert feats.shape == (B, T, dynamics.feature_size) and carry['deter'].shape == (B, width)
   assert carry['keys'].shape[:3] == (B, agent.config.model.layers, context)
@@ -147,23 +152,10 @@ def test_cached_imagination_equals_recomputation(first):
 @pytest.mark.parametrize('obs_kind,discrete', [
     ('vector', True), ('vector', False), ('image', True), ('image', False)])
 def test_train_step_runs_and_compiles_once(obs_kind, discrete):
-  agent = transformer_agent(obs_kind, discrete)
-  state = agent.init(jax.random.key(0))
-  step = jax.jit(agent.train_step, donate_argnums=0)
-  for seed in range(2):
-    state, metrics = step(state, make_batch(agent, seed))
-  assert step._cache_size() == 1
-  values = jax.device_get(metrics)
-  assert all(np.isfinite(v) for v in values.values()), values
-  carry = agent.initial_policy_carry(2)
-  obs = {k: v[:2, 0] for k, v in make_batch(agent).items() if k in agent.obs_space}
-  obs['is_first'] = jnp.ones(2, bool)
-  policy = jax.jit(agent.policy_step, static_argnames='mode')
-  for mode in ('train', 'eval', 'train'):
-    carry, action = policy(state, carry, obs, jax.random.key(1), mode=mode)
-    obs['is_first'] = jnp.zeros(2, bool)
-    assert action.shape == (2, A)
-  assert int(carry['latent']['position'][0]) == 2
+  out = {}
+  train_and_act(transformer_agent(obs_kind, discrete), modes=('train', 'eval', 'train'),
+                carry_out=out)
+  assert int(out['carry']['latent']['position'][0]) == 2
 
 
 def test_benchmark_matches_transformer_and_rssm_parameter_counts():
@@ -174,3 +166,31 @@ def test_benchmark_matches_transformer_and_rssm_parameter_counts():
                                                                 model))
   assert abs(transformer - rssm) / rssm < 0.05, (model, transformer, rssm)
   assert model['width'] % (2 * configs.TRANSFORMER_SIZES['debug']['heads']) == 0
+
+
+def test_long_context_trains_on_sequences_of_twice_its_length():
+  """`model.context` overrides the preset (8 at debug) up to the memory suite's L + 1 = 121; a
+  context of 61 trains on 122-step sequences, its windows reaching 61 steps back."""
+  config = _variant('storm')
+  config.size = 'debug'
+  configs.update(config, {'model': {'context': 121}, 'run': {'batch_length': 242}})
+  configs.validate(configs.resolve(config))
+  length, context = 122, 61
+  agent = transformer_agent(context=context)
+  assert agent.config.model.context == context
+  state = agent.init(jax.random.key(0))
+  tile = lambda x: jnp.concatenate([x] * (length // T + 1), 1)[:2, :length]  # noqa: E731
+  batch = jax.tree.map(tile, make_batch(agent))
+  state, metrics = jax.jit(agent.train_step)(state, batch)
+  assert all(np.isfinite(v) for v in jax.device_get(metrics).values())
+  dynamics, params = agent.world_model.dynamics, state.params['world_model']
+  _, embeds, actions, first = observed(agent)
+  long = lambda x: jnp.concatenate([x] * (length // T + 1), 1)[:, :length]  # noqa: E731
+  embeds, actions, first = long(embeds), long(actions), jnp.zeros((1, length), bool)
+  feats = observe_features(agent, params, embeds, actions, first)
+  # Step 70 attends over steps 10..70: a change at step 9 leaves it alone, one at step 10 not.
+  for step, reaches in ((9, False), (10, True)):
+    changed = observe_features(agent, params, embeds, actions.at[:, step].multiply(-1.0), first)
+    assert np.allclose(feats[:, 70, :agent.config.model.width],
+                       changed[:, 70, :agent.config.model.width], atol=1e-6) != reaches
+  assert dynamics.initial(1)['keys'].shape[2] == context

@@ -1,2 +1,2 @@
-"""The networks and world models: layers, distributions, dynamics (RSSM, transformer),
+"""The networks and world models: layers, distributions, dynamics (RSSM, transformer, SSM),
 heads, the VAE and MDN parts, open-loop prediction."""

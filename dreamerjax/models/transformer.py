@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from dreamerjax.models import dists, nets
 from dreamerjax.models.rssm import RSSM
+from dreamerjax.models.sequence_core import SequenceCore
 
 NEG_INF = -1e9
 
@@ -75,44 +76,18 @@ class Block(nn.Module):
     return x, key.astype(jnp.float32), value.astype(jnp.float32)
 
 
-class TransformerCore(nn.Module):
-  width: int
-  layers: int
+class TransformerCore(SequenceCore, kw_only=True):
   heads: int
-  hidden: int
-  stoch: int            # categorical groups
-  classes: int
-  unimix: float = 0.01
-  norm: str = 'layer'
-  act: str = 'silu'
-  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.token_in = nn.Dense(self.width, dtype=self.dtype)
+    super().setup()
     self.blocks = [Block(self.width, self.heads, self.norm, self.act, self.dtype)
                    for _ in range(self.layers)]
-    self.out_norm = nets.Norm(self.norm)
-    dense = lambda: nets.Dense(self.hidden, self.norm, self.act, self.dtype)  # noqa: E731
-    self.prior_hidden, self.posterior_hidden = dense(), dense()
-    self.prior_out = nn.Dense(self.stoch * self.classes, dtype=jnp.float32)
-    self.posterior_out = nn.Dense(self.stoch * self.classes, dtype=jnp.float32)
-
-  def _stats(self, raw):
-    logits = raw.astype(jnp.float32).reshape(*raw.shape[:-1], self.stoch, self.classes)
-    return {'logits': dists.unimix_logits(logits, self.unimix)}
-
-  def prior(self, deter):
-    return self._stats(self.prior_out(self.prior_hidden(deter)))
-
-  def posterior(self, embed):
-    return self._stats(self.posterior_out(self.posterior_hidden(embed.astype(self.dtype))))
 
   def sequence(self, stoch, action, positions, cache_keys, cache_values, mask):
     """Tokens from `stoch [B,T,G,K]`, `action [B,T,A]` -> (h [B,T,W], keys, values
     `[B, T, L, heads, D]`); `cache_*` `[B, L, C, heads, D]`."""
-    stoch = stoch.reshape(*stoch.shape[:-2], -1)
-    action = action / jax.lax.stop_gradient(jnp.maximum(1.0, jnp.abs(action)))
-    x = self.token_in(jnp.concatenate([stoch, action], -1).astype(self.dtype))
+    x = self.tokens(stoch, action)
     keys, values = [], []
     for index, block in enumerate(self.blocks):
       x, key, value = block(x, positions, cache_keys[:, index], cache_values[:, index], mask)

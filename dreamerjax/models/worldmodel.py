@@ -11,10 +11,13 @@ import optax
 
 from dreamerjax.models import dists, heads, nets, ops
 from dreamerjax.models.rssm import RSSM, RSSMCell
+from dreamerjax.models.ssm import SSM, SSMCore
 from dreamerjax.models.transformer import Transformer, TransformerCore
 from dreamerjax.types import Batch, Params
 
 IMAGE, VECTOR = 'image', 'vector'
+# Replay fields of the stored latent state (`model.replay_context`): `context_deter`, ...
+CONTEXT_PREFIX = 'context_'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,10 @@ class WorldModel:
       dynamics = Transformer(TransformerCore(
           width=m.width, layers=m.layers, heads=m.heads, hidden=m.hidden, stoch=m.stoch,
           classes=m.classes, unimix=m.unimix, **common), context=m.context)
+    elif m.get('dynamics') == 'ssm':
+      dynamics = SSM(SSMCore(
+          width=m.width, layers=m.layers, state=m.state, hidden=m.hidden, stoch=m.stoch,
+          classes=m.classes, unimix=m.unimix, **common))
     else:
       dynamics = RSSM(RSSMCell(
           deter=m.deter, hidden=m.hidden, stoch=m.stoch, classes=m.classes, latent=m.latent,
@@ -108,21 +115,54 @@ class WorldModel:
       out[VECTOR] = ops.symexp(self.apply('vector_decoder', params, features))
     return out
 
+  # --------------------------------------------------------------------------- replay context
+
+  def context_spec(self) -> dict:
+    """Replay spec of the stored latent state: `context_<key>` per key of the dynamics carry
+    (RSSM: `deter`, `stoch`); empty unless `model.replay_context`."""
+    if not self.config.get('replay_context'):
+      return {}
+    carry = jax.eval_shape(lambda: self.dynamics.initial(1))
+    return {CONTEXT_PREFIX + name: (value.shape[1:], value.dtype) for name, value in carry.items()}
+
+  def context_fields(self, carry: dict) -> dict:
+    """The replay fields that store the dynamics `carry` `[..., N, ...]` the policy enters a step
+    with (the posterior after the previous step); empty unless `model.replay_context`.
+
+    The acting state is stored, not the state a training sequence ends in: it is written with
+    the step itself (one `add`, no writes from the train step into the replay), and every step
+    gets one. Its parameters are those of the time of acting, older than the model it is
+    replayed to; the stored state is a start point that the model need not reproduce exactly
+    (the RSSM's state is its features), and gradients do not flow into it.
+    """
+    if not self.config.get('replay_context'):
+      return {}
+    return {CONTEXT_PREFIX + name: value for name, value in carry.items()}
+
+  def start_carry(self, batch: Batch) -> tuple[dict, jax.Array]:
+    """The dynamics carry that a replayed batch starts from, and the `is_first [B, T]` to observe
+    it with: with `model.replay_context`, the stored state of each sequence's first step
+    (gradients stopped; a real `is_first` still resets it), else a fresh state (the first step
+    is treated as `is_first`)."""
+    if not self.config.get('replay_context'):
+      return (self.dynamics.initial(batch['reward'].shape[0]),
+              batch['is_first'].at[:, 0].set(True))
+    names = self.dynamics.initial(1).keys()
+    carry = {name: batch[CONTEXT_PREFIX + name][:, 0] for name in names}
+    return jax.lax.stop_gradient(carry), batch['is_first']
+
   # --------------------------------------------------------------------------- training
 
   def loss(self, params, batch: Batch, key: jax.Array):
     """World-model loss on a batch `[B, T, ...]`.
 
-    Returns `(loss, (features [B,T,F], metrics))`; sequences start from a fresh state (the first
-    step of every sequence is treated as `is_first`).
+    Returns `(loss, (features [B,T,F], metrics))`; sequences start from `start_carry(batch)`.
     """
     m = self.config
-    batch_size = batch['reward'].shape[0]
     embeds = self.encode(params, batch)
-    is_first = batch['is_first'].at[:, 0].set(True)
+    carry, is_first = self.start_carry(batch)
     _, features, post, prior = self.dynamics.observe(
-        params['dynamics'], self.dynamics.initial(batch_size), embeds, batch['action'], is_first,
-        key)
+        params['dynamics'], carry, embeds, batch['action'], is_first, key)
     losses = {}
     if IMAGE in self.obs_space:
       target = batch[IMAGE].astype(jnp.float32) / 255.0

@@ -208,10 +208,13 @@ def warn_interrupted(signal_name: str, unit: str, step: int) -> None:
                   signal_name, unit, step)
 
 
-def replay_spec(env: envs.VectorEnv | EnvGroup) -> dict:
+def replay_spec(env: envs.VectorEnv | EnvGroup, agent: Agent | None = None) -> dict:
+  """The fields of a replayed step; with `agent` and its `model.replay_context`, also the latent
+  state stored next to each step (`WorldModel.context_spec`)."""
+  context = agent.world_model.context_spec() if agent is not None else {}
   return {**env.obs_space, 'action': ((env.act_space.num_actions,), np.float32),
           'reward': ((), np.float32), 'is_first': ((), np.bool_), 'is_last': ((), np.bool_),
-          'is_terminal': ((), np.bool_)}
+          'is_terminal': ((), np.bool_), **context}
 
 
 def make_env(config, num_envs: int, seed: int) -> envs.VectorEnv:
@@ -370,7 +373,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
   env = make_env(config, 1, config.seed)
   env.close()
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
-  return config, agent, replay_spec(env)
+  return config, agent, replay_spec(env, agent)
 
 
 def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:

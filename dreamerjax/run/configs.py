@@ -36,7 +36,8 @@ SIZES = {
 }
 SIZE_DEFAULTS = dict(stoch=32, blocks=8)
 # Transformer dynamics (`model.dynamics=transformer`) per size: width, blocks, heads, and the
-# attention window in steps (at most half the default batch_length of 64: see `validate`). Widths
+# attention window in steps (at most half the default batch_length of 64: see `validate`;
+# `--config.model.context=121 --config.run.batch_length=242` reaches 120 steps back). Widths
 # give about the RSSM's dynamics parameter count (see
 # `make bench`, benchmarks/dynamics.json).
 TRANSFORMER_SIZES = {
@@ -50,6 +51,24 @@ TRANSFORMER_SIZES = {
     '100m': dict(width=768, layers=6, heads=12, context=32),
     '200m': dict(width=1024, layers=6, heads=16, context=32),
     '400m': dict(width=1536, layers=8, heads=16, context=32),
+}
+
+# State-space dynamics (`model.dynamics=ssm`) per size: residual width, blocks, and complex
+# recurrence entries per block. Each block holds about 4 x width x state (input and output maps)
+# + 2 x width^2 (gated output) parameters; the sizes give 0.8-1.1 times the RSSM's dynamics
+# parameter count at each preset (vector observations, 17 actions: debug 0.81, tiny 0.92, small
+# 1.10, 1m 0.99, 12m 1.05, 25m-400m 0.86-0.90; tests/test_ssm.py checks debug and tiny).
+SSM_SIZES = {
+    'debug': dict(width=48, layers=1, state=48),
+    'tiny': dict(width=128, layers=2, state=64),
+    'small': dict(width=256, layers=2, state=128),
+    '1m': dict(width=192, layers=2, state=96),
+    '12m': dict(width=512, layers=4, state=384),
+    '25m': dict(width=768, layers=4, state=384),
+    '50m': dict(width=1024, layers=4, state=512),
+    '100m': dict(width=1280, layers=6, state=640),
+    '200m': dict(width=1792, layers=6, state=768),
+    '400m': dict(width=2304, layers=8, state=1024),
 }
 
 # Each variant is a recipe over the same parts. Paper values; see README for sources.
@@ -112,7 +131,7 @@ VARIANTS['dreamerv4'] = {
 # Values a variant may set; used where it does not.
 VARIANT_DEFAULTS = {'model': dict(dynamics='rssm'), 'run': dict(mode='online'),
                     'agent': dict(bc_weight=0.0, actor_objective='reinforce', replay_critic=0.0)}
-DYNAMICS = ('rssm', 'transformer')
+DYNAMICS = ('rssm', 'transformer', 'ssm')
 ACTOR_OBJECTIVES = ('reinforce', 'sign')
 
 MODES = ('online', 'offline')
@@ -165,12 +184,17 @@ def _model_section() -> ml_collections.ConfigDict:
   for key in ('deter', 'hidden', 'stoch', 'classes', 'depth', 'units', 'blocks'):
     c[key] = _placeholder(int)
   c.latent = _placeholder(str)
-  c.dynamics = _placeholder(str)     # rssm or transformer (see DYNAMICS)
-  for key in ('width', 'layers', 'heads', 'context'):  # transformer dynamics
+  c.dynamics = _placeholder(str)     # rssm, transformer or ssm (see DYNAMICS)
+  for key in ('width', 'layers', 'heads', 'context'):  # transformer (width, layers: and ssm)
     c[key] = _placeholder(int)
+  c.state = _placeholder(int)        # ssm: complex recurrence entries per layer
   for key in ('unimix', 'free_nats', 'dyn_scale', 'rep_scale'):
     c[key] = _placeholder(float)
   c.reward_head = _placeholder(str)
+  # Replayed sequences start from the latent state stored with their first step (the policy's
+  # RSSM state when it acted there) instead of a fresh one (the public DreamerV3 code's
+  # `replay_context`); RSSM dynamics and online runs only.
+  c.replay_context = False
   c.update(encoder_layers=3, decoder_layers=3, head_layers=1, norm='layer', act='silu',
            kernel=4, compute_dtype='float32', bins=255, decoder_scale=1.0, reward_scale=1.0,
            cont_scale=1.0)
@@ -360,8 +384,13 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise _unknown('variant (--config.variant)', config.variant, VARIANTS)
   config = ml_collections.ConfigDict(config.to_dict())
   variant = VARIANTS[config.variant]
+  dynamics = (config.model.dynamics or variant.get('model', {}).get('dynamics')
+              or VARIANT_DEFAULTS['model']['dynamics'])
+  # Width and layers come from the presets of the dynamics in use (every key gets a value).
+  sequence_sizes = {**SSM_SIZES[config.size], **TRANSFORMER_SIZES[config.size],
+                    **(SSM_SIZES[config.size] if dynamics == 'ssm' else {})}
   # Variant values override size values (DreamerV2's 32 classes), user values override both.
-  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size], **TRANSFORMER_SIZES[config.size]}},
+  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size], **sequence_sizes}},
             VARIANT_DEFAULTS, variant]
   for layer in reversed(layers):
     for section, values in layer.items():
@@ -477,12 +506,13 @@ RULES: dict[str, Rule] = {
     'run.save_every_minutes': _NON_NEGATIVE, 'run.keep_checkpoints': _count(1),
     **{f'model.{key}': _count(1) for key in ('deter', 'hidden', 'stoch', 'classes', 'depth',
                                              'units', 'blocks', 'width', 'layers', 'heads',
-                                             'context', 'kernel')},
+                                             'context', 'state', 'kernel')},
     'model.latent': Rule(choices=('categorical', 'gaussian')),
     'model.dynamics': Rule(choices=DYNAMICS), 'model.unimix': _MIX,
     **{f'model.{key}': _NON_NEGATIVE for key in ('free_nats', 'dyn_scale', 'rep_scale',
                                                  'decoder_scale', 'reward_scale', 'cont_scale')},
     'model.reward_head': Rule(choices=('twohot', 'mse')),
+    'model.replay_context': Rule(choices=(False, True)),
     **{f'model.{key}': _count(0) for key in ('encoder_layers', 'decoder_layers', 'head_layers')},
     'model.norm': Rule(choices=('layer', 'rms', 'none')),
     'model.act': Rule(choices=('silu', 'elu', 'relu', 'tanh')),
@@ -585,7 +615,7 @@ def _cross_field_problems(config: ml_collections.ConfigDict, num_devices: int) -
   if config.planner.elites > config.planner.candidates:
     problems.append(f'--config.planner.elites={config.planner.elites} must not exceed '
                     f'--config.planner.candidates={config.planner.candidates}')
-  return problems + _policy_problems(config) + _transformer_problems(config)
+  return problems + _policy_problems(config) + _dynamics_problems(config)
 
 
 def _policy_problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -613,14 +643,21 @@ def _policy_problems(config: ml_collections.ConfigDict) -> list[str]:
   return problems
 
 
-def _transformer_problems(config: ml_collections.ConfigDict) -> list[str]:
-  """Checks of the Transformer dynamics keys."""
+def _dynamics_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Checks of the dynamics keys: Transformer and SSM sizes, the replay context."""
   model, run, problems = config.model, config.run, []
-  if model.dynamics != 'transformer':
+  if model.replay_context and (model.dynamics != 'rssm' or run.mode != 'online'
+                               or config.variant == 'worldmodels'):
+    problems.append(f'--config.model.replay_context=True needs --config.model.dynamics=rssm and '
+                    f'--config.run.mode=online (got dynamics={model.dynamics}, mode={run.mode}, '
+                    f'variant={config.variant}): the stored state is the RSSM state of acting')
+  if model.dynamics == 'rssm':
     return problems
   if model.latent != 'categorical':
-    problems.append('--config.model.latent must be categorical with '
-                    '--config.model.dynamics=transformer')
+    problems.append(f'--config.model.latent must be categorical with '
+                    f'--config.model.dynamics={model.dynamics}')
+  if model.dynamics != 'transformer':
+    return problems
   if model.width % model.heads or (model.width // model.heads) % 2:
     problems.append(f'--config.model.width={model.width} must be divisible by '
                     f'--config.model.heads={model.heads} into an even head size (rotary '

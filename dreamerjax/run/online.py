@@ -36,7 +36,7 @@ class OnlineLoop:
     run_config = config.run
     self.env = env = common.make_env_group(config, run_config.envs, config.seed, layout)
     self.agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
-    spec = common.replay_spec(env)
+    spec = common.replay_spec(env, self.agent)
     try:
       # build checks the parameter rules before anything is written to the workdir.
       self.programs, make_state, make_replay = common.build(self.agent, layout, config, spec)
@@ -102,12 +102,18 @@ class OnlineLoop:
     obs = env.reset()
     action_zeros = np.zeros((*obs['is_first'].shape, env.act_space.num_actions), np.float32)
     self.step_data = layout.put({**obs, 'action': action_zeros})
-    self.replay_state = self.programs.add(self.replay_state, self.step_data)
-    self.position += 1
     self.carry = common.initial_carry(self.agent, layout, self.num_envs, layout.per_env)
+    self._add()
     self.finished: list[tuple[int, int, float, int]] = []  # (env step, seed, return, length)
     self.metrics, self.last_log, self.last_eval = None, env_step, env_step
     self.last_save, self.start_time, self.start_step = time.monotonic(), time.monotonic(), env_step
+
+  def _add(self) -> None:
+    """Writes `step_data` into the replay, with `model.replay_context` next to the latent state
+    the policy enters that step with (zeros during prefill, when the policy does not run)."""
+    context = self.agent.world_model.context_fields(self.carry['latent'])
+    self.replay_state = self.programs.add(self.replay_state, {**self.step_data, **context})
+    self.position += 1
 
   def _act(self) -> None:
     """One step of every env (random actions during prefill, then the policy's) into the replay,
@@ -125,8 +131,7 @@ class OnlineLoop:
     obs = env.step(env_action)
     stored_action = model_action * ~obs['is_first'][..., None]
     self.step_data = self.layout.put({**obs, 'action': stored_action})
-    self.replay_state = self.programs.add(self.replay_state, self.step_data)
-    self.position += 1
+    self._add()
     counters['env_step'] += self.num_envs
     self.finished.extend((counters['env_step'], seed, episode_return, episode_length)
                          for seed, _, episode_return, episode_length
