@@ -75,6 +75,8 @@ def device_config(steps, loop='device', **run):
   config = configs.experiment('task=CartPole-v1,debug', suite)
   configs.update(config, {'run': {'steps': steps, 'loop': loop, 'loop_steps': 16,
                                   'eval_every': 0, 'log_every': 64, **run}})
+  # The device run also stores the acting state for replayed sequences (model.replay_context).
+  config.model.replay_context = loop == 'device'
   return config
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamerjax.data import device_envs, replay
-from dreamerjax.run import common, errors, online
+from dreamerjax.run import errors, online
 
 
 class DeviceLoop(online.OnlineLoop):
@@ -118,7 +118,10 @@ def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, length: int, 
         lambda: agent.policy_step(state, carry, {k: step_data[k] for k in obs_keys}, key))
     env_state, out = env.step(env_state, action)
     step_data = {**out, 'action': action * ~out['is_first'][:, None]}
-    replay_state = replay.add(replay_state, step_data)
+    # With model.replay_context, the latent state the policy enters this step with (as the host
+    # loop's `_add`).
+    replay_state = replay.add(replay_state, {
+        **step_data, **agent.world_model.context_fields(carry['latent'])})
     env_step = env_step + n
     position = scalars['position'] + 1
     returns = jnp.where(out['is_first'], 0.0, episode['returns']) + out['reward']
