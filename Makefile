@@ -7,7 +7,7 @@ WORKDIR ?= runs/cartpole
 ARGS ?=
 LINT_PATHS := $(wildcard dreamerjax scripts experiments tests)
 
-.PHONY: install train test bench lint learning-check clean distclean FORCE
+.PHONY: install train test bench bench-accelerator lint learning-check clean distclean FORCE
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ learning-check: install
 
 bench: install
 	$(PY) scripts/benchmark.py --out=benchmarks
+
+# One GPU, about 10 minutes, one JSON (update speed, memory, vmapped seeds, scaling, Atari 100k).
+bench-accelerator: install
+	$(PY) scripts/bench_accelerator.py --out=benchmarks/accelerator.json $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
