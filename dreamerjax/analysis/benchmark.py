@@ -354,3 +354,28 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
           'xla_flops': float(cost.get('flops', float('nan'))) if cost else float('nan'),
           'counted_flops': counted, 'compile_s': compile_s, 'step_s_calls': calls,
           'jax': jax.__version__, 'allocator': allocator.active(), 'matmul_peak': matmul_peak()}
+
+
+def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,
+                repeats: int = 3) -> dict:
+  """Counted FLOPs and seconds (min of `repeats` after one warm-up) of the image encoder's and
+  decoder's forward plus backward pass over one batch's `batch * length` frames, alone: the
+  share of the update the CNNs take."""
+  agent = bench_agent(size, 'image', model={'arch': arch})
+  model = agent.world_model
+  params = jax.jit(model.init)(jax.random.key(0))
+  data = synthetic_batch(OBS_SPACES['image'], batch, length, 17)
+  features = jnp.zeros((batch, length, model.dynamics.feature_size))
+  record = {'preset': size, 'arch': arch}
+  parts = {'image_encoder': lambda p: jnp.sum(model.apply('image_encoder', p, data['image'])),
+           'image_decoder': lambda p: jnp.sum(model.apply('image_decoder', p, features))}
+  for name, loss in parts.items():
+    grad = jax.jit(jax.grad(loss))
+    jax.block_until_ready(grad(params))
+    seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(grad(params))
+      seconds.append(time.perf_counter() - start)
+    record[name] = {'counted_flops': matmul_flops(grad, params), 'seconds': min(seconds)}
+  return record
