@@ -102,11 +102,16 @@ def compare(paths: dict, sizes=('1m',), observations=('image', 'vector'), rounds
       for round_index in range(rounds):
         for side in ('public', 'public2024', 'paper'):
           start = time.time()
-          record = (public_record(paths, size, obs, repeats) if side == 'public'
-                    else ours_record(size, obs, side, repeats))
+          try:
+            record = (public_record(paths, size, obs, repeats) if side == 'public'
+                      else ours_record(size, obs, side, repeats))
+          except (RuntimeError, subprocess.TimeoutExpired) as error:  # e.g. killed for memory
+            record = {'preset': size, 'obs': obs, 'error': str(error)[-2000:]}
+            log(f'{size} {obs} {side} failed: {str(error)[:300]}')
           record.update(config=side, round=round_index, started_utc=time.strftime(
               '%H:%M:%S', time.gmtime(start)), load_average=os.getloadavg())
-          log(f'{size} {obs} {side}: {json.dumps(_brief(record))}')
+          if 'error' not in record:
+            log(f'{size} {obs} {side}: {json.dumps(_brief(record))}')
           records.append(record)
   return records
 
@@ -156,21 +161,28 @@ def _pair(public: dict, ours: dict, peak: float, size: str) -> dict:
 def summarize(records: list[dict]) -> dict:
   """Rows per preset and observation: each side's figures, the equal-architecture pair (public
   against `public2024`) and the own-default pair (public against `paper`)."""
-  peaks = [r['matmul_peak']['flops_per_s'] for r in records]
-  peak = max(peaks)
+  failed = [r for r in records if 'error' in r]
+  records = [r for r in records if 'error' not in r]
+  peak = max(r['matmul_peak']['flops_per_s'] for r in records)
   rows = []
-  keys = sorted({(r['preset'], r['obs']) for r in records}, key=lambda k: (k[0] != '1m', k))
+  keys = sorted({(r['preset'], r['obs']) for r in records + failed},
+                key=lambda k: (k[0] != '1m', k))
   for size, obs in keys:
-    sides = {config: _side([r for r in records if (r['preset'], r['obs'], r['config']) ==
-                            (size, obs, config)])
-             for config in ('public', 'public2024', 'paper')}
-    rows.append({'preset': size, 'obs': obs, 'sides': sides,
-                 'equal_architecture': _pair(sides['public'], sides['public2024'], peak, size),
-                 'own_default': _pair(sides['public'], sides['paper'], peak, size)})
+    sides = {}
+    for config in ('public', 'public2024', 'paper'):
+      mine = [r for r in records if (r['preset'], r['obs'], r['config']) == (size, obs, config)]
+      if mine:
+        sides[config] = _side(mine)
+    row = {'preset': size, 'obs': obs, 'sides': sides,
+           'failed': [r['config'] for r in failed if (r['preset'], r['obs']) == (size, obs)]}
+    for name, config in (('equal_architecture', 'public2024'), ('own_default', 'paper')):
+      if 'public' in sides and config in sides:  # a side that failed has no ratios
+        row[name] = _pair(sides['public'], sides[config], peak, size)
+    rows.append(row)
   return {'matmul_peak_flops_per_s': peak,
           'matmul_peaks': {f"{r['config']} {r['preset']} {r['obs']} {r['round']}":
                            r['matmul_peak']['flops_per_s'] for r in records},
-          'rows': rows}
+          'rows': rows, 'failed': failed}
 
 
 def machine() -> dict:
