@@ -1,4 +1,4 @@
-# dreamerjax: `make install`, `make test`, `make train`, `make learning-check`, `make bench`, `make lint`.
+# dreamerjax: `make install`, `make test`, `make train`, `make learning-check`, `make bench`, `make bench-public`, `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ WORKDIR ?= runs/cartpole
 ARGS ?=
 LINT_PATHS := $(wildcard dreamerjax scripts experiments tests)
 
-.PHONY: install train test bench bench-accelerator lint learning-check clean distclean FORCE
+.PHONY: install train test bench bench-accelerator bench-public lint learning-check clean distclean FORCE
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: install
 # One GPU, about 10 minutes, one JSON (update speed, memory, vmapped seeds, scaling, Atari 100k).
 bench-accelerator: install
 	$(PY) scripts/bench_accelerator.py --out=benchmarks/accelerator.json $(ARGS)
+
+# Side by side with the 2024 public DreamerV3 code (cloned and installed under /tmp; needs
+# python3.11 and PyPI): benchmarks/public_2024.json. ARGS='--source=<local clone>' works offline.
+bench-public: install
+	$(PY) scripts/bench_public.py --out=benchmarks/public_2024.json $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -29,7 +29,8 @@ class ActorCritic:
 
   def __post_init__(self):
     m, a = self.model_config, self.config
-    common = dict(norm=m.norm, act=m.act, dtype=jnp.dtype(m.compute_dtype))
+    common = dict(norm=m.norm, act=m.act, dtype=jnp.dtype(m.compute_dtype),
+                  bias=m.get('arch') == 'public2024')
     outputs = self.action_size if self.discrete else 2 * self.action_size
     object.__setattr__(self, 'actor', nets.Head(outputs, a.actor_layers, m.units, **common))
     object.__setattr__(self, 'critic', nets.Head(

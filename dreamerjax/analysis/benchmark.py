@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamerjax.agents.agent import Agent
+from dreamerjax.analysis.flops import matmul_flops, matmul_peak
 from dreamerjax.models import nets
 from dreamerjax.run import allocator, configs, logger, parallel, train
 
@@ -35,42 +36,6 @@ def machine() -> dict:
           'python': platform.python_version(), 'jax': jax.__version__,
           'allocator': allocator.active(),
           'xla_flags': os.environ.get('XLA_FLAGS', '')}
-
-
-def matmul_flops(fn, *args) -> float:
-  """FLOPs (2 per multiply-add) of the matrix products in `fn(*args)`, read off its jaxpr with
-  each `scan` body counted once per iteration (a `cond` counts its most expensive branch, a
-  `while` of unknown trip count its body once).
-
-  XLA's `cost_analysis` counts the body of a loop once: for a train step it sees one of the 15
-  imagination steps and one of the 64 observation steps, so its figure undercounts the step.
-  Elementwise work is not included here; matrix products are nearly all of the arithmetic.
-  """
-  return _jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr)
-
-
-def _jaxpr_matmul_flops(jaxpr) -> float:
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (lhs_contract, _), _ = eqn.params['dimension_numbers']
-      lhs_shape = eqn.invars[0].aval.shape
-      contracted = float(np.prod([lhs_shape[d] for d in lhs_contract]))
-      total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * contracted
-      continue
-    inner = []
-    for value in eqn.params.values():
-      for item in (value if isinstance(value, (tuple, list)) else (value,)):
-        if isinstance(item, jax.extend.core.ClosedJaxpr):
-          inner.append(item.jaxpr)
-        elif isinstance(item, jax.extend.core.Jaxpr):
-          inner.append(item)
-    counts = [_jaxpr_matmul_flops(sub) for sub in inner]
-    if eqn.primitive.name == 'cond':
-      total += max(counts, default=0.0)
-    else:
-      total += sum(counts) * (eqn.params['length'] if eqn.primitive.name == 'scan' else 1)
-  return total
 
 
 def synthetic_batch(obs_space: dict, batch: int, length: int, actions: int, seed: int = 0):
@@ -117,8 +82,8 @@ def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv
   """The agent of a benchmark: preset `size`, `variant`, `model` keys overriding the preset."""
   config = configs.base()
   config.size, config.variant = size, variant
+  configs.update(config, {'model': model or {}})  # before the presets: model.arch picks some
   config = configs.resolve(config)
-  configs.update(config, {'model': model or {}})
   return Agent(config, OBS_SPACES[obs], True, actions)
 
 
@@ -357,3 +322,67 @@ def dynamics_record(size: str, variant: str, length: int, batch: int = 16, horiz
           'dynamics_params': nets.count_params(params['dynamics']),
           'imagine_starts': batch * length, 'horizon': horizon,
           'imagine_steps_per_s': round(batch * length * horizon / seconds, 1)}
+
+
+# ------------------------------------------------------------------ against the public code
+
+# The parts the side-by-side comparison counts, and the dreamerjax parameter groups of each.
+PUBLIC_PARTS = {'encoder': ('image_encoder', 'vector_encoder'), 'dynamics': ('dynamics',),
+                'decoder': ('image_decoder', 'vector_decoder'), 'reward': ('reward',),
+                'continue': ('cont',), 'actor': ('actor',), 'critic': ('critic',)}
+
+
+def params_by_part(agent: Agent, state) -> dict[str, int]:
+  """Trained parameters per part (the slow critic and optimizer state are not counted)."""
+  groups = {**state.params['world_model'], 'actor': state.params['actor'],
+            'critic': state.params['critic']}
+  counts = {part: sum(nets.count_params(groups[name]) for name in names if name in groups)
+            for part, names in PUBLIC_PARTS.items()}
+  counts['total'] = sum(counts.values())
+  return counts
+
+
+def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, length: int = 64,
+                actions: int = 17, repeats: int = 3) -> dict:
+  """dreamerjax's side of the comparison with the public code (`public_harness`), in the public
+  driver's record layout: parameters per part, XLA and counted FLOPs, compile seconds, every
+  timed call's seconds after two warm-ups, and this runtime's matmul peak."""
+  agent = bench_agent(size, obs, actions, model={'arch': arch})
+  state = jax.jit(agent.init)(jax.random.key(0))
+  data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
+  counts = params_by_part(agent, state)
+  counted = matmul_flops(agent.train_step, state, data)
+  step = jax.jit(agent.train_step, donate_argnums=0)
+  compiled, compile_s, _, calls = _compile_and_time(step, state, data, repeats)
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
+          'length': length, 'params_by_part': counts,
+          'xla_flops': float(cost.get('flops', float('nan'))) if cost else float('nan'),
+          'counted_flops': counted, 'compile_s': compile_s, 'step_s_calls': calls,
+          'jax': jax.__version__, 'allocator': allocator.active(), 'matmul_peak': matmul_peak()}
+
+
+def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,
+                repeats: int = 3) -> dict:
+  """Counted FLOPs and seconds (min of `repeats` after one warm-up) of the image encoder's and
+  decoder's forward plus backward pass over one batch's `batch * length` frames, alone: the
+  share of the update the CNNs take."""
+  agent = bench_agent(size, 'image', model={'arch': arch})
+  model = agent.world_model
+  params = jax.jit(model.init)(jax.random.key(0))
+  data = synthetic_batch(OBS_SPACES['image'], batch, length, 17)
+  features = jnp.zeros((batch, length, model.dynamics.feature_size))
+  record = {'preset': size, 'arch': arch}
+  parts = {'image_encoder': lambda p: jnp.sum(model.apply('image_encoder', p, data['image'])),
+           'image_decoder': lambda p: jnp.sum(model.apply('image_decoder', p, features))}
+  for name, loss in parts.items():
+    grad = jax.jit(jax.grad(loss))
+    jax.block_until_ready(grad(params))
+    seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(grad(params))
+      seconds.append(time.perf_counter() - start)
+    record[name] = {'counted_flops': matmul_flops(grad, params), 'seconds': min(seconds)}
+  return record

@@ -40,14 +40,18 @@ class RSSMCell(nn.Module):
   norm: str = 'layer'
   act: str = 'silu'
   dtype: jnp.dtype = jnp.float32
+  bias: bool = False         # a bias before every norm (the 2024 public code)
+  prior_layers: int = 1      # hidden layers of the prior (2 in the 2024 public code)
 
   def setup(self):
-    dense = lambda: nets.Dense(self.hidden, self.norm, self.act, self.dtype)  # noqa: E731
+    dense = lambda: nets.Dense(self.hidden, self.norm, self.act, self.dtype,  # noqa: E731
+                               self.bias)
     self.deter_in, self.stoch_in, self.action_in = dense(), dense(), dense()
     self.gru_hidden = nets.BlockLinear(self.deter, self.blocks, self.dtype)
     self.gru_hidden_norm = nets.Norm(self.norm)
     self.gru_gates = nets.BlockLinear(3 * self.deter, self.blocks, self.dtype)
     self.prior_hidden = dense()
+    self.prior_more = [dense() for _ in range(self.prior_layers - 1)]
     self.posterior_hidden = dense()
     size = self.stoch * self.classes if self.latent == 'categorical' else 2 * self.stoch
     self.prior_out = nn.Dense(size, dtype=jnp.float32)
@@ -83,7 +87,10 @@ class RSSMCell(nn.Module):
     return jnp.concatenate(list(new), -1).reshape(deter.shape)
 
   def prior(self, deter):
-    return self._stats(self.prior_out(self.prior_hidden(deter)))
+    x = self.prior_hidden(deter)
+    for layer in self.prior_more:
+      x = layer(x)
+    return self._stats(self.prior_out(x))
 
   def posterior(self, deter, embed):
     return self._stats(self.posterior_out(self.posterior_hidden(

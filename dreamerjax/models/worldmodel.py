@@ -36,6 +36,7 @@ class WorldModel:
     m = self.config
     dtype = jnp.dtype(m.compute_dtype)
     common = dict(norm=m.norm, act=m.act, dtype=dtype)
+    public = m.get('arch') == 'public2024'  # see configs.ARCHS
     if m.get('dynamics') == 'transformer':
       dynamics = Transformer(TransformerCore(
           width=m.width, layers=m.layers, heads=m.heads, hidden=m.hidden, stoch=m.stoch,
@@ -47,7 +48,8 @@ class WorldModel:
     else:
       dynamics = RSSM(RSSMCell(
           deter=m.deter, hidden=m.hidden, stoch=m.stoch, classes=m.classes, latent=m.latent,
-          blocks=m.blocks, unimix=m.unimix, **common))
+          blocks=m.blocks, unimix=m.unimix, bias=public, prior_layers=m.get('prior_layers', 1),
+          **common))
     object.__setattr__(self, 'dynamics', dynamics)
     modules = {}
     if IMAGE in self.obs_space:
@@ -55,15 +57,21 @@ class WorldModel:
       if shape[0] % 16 or shape[1] % 16:
         raise ValueError(f'image observations must be a multiple of 16 in height and width, got '
                          f'{shape}; set --config.env.image_size=64')
-      modules['image_encoder'] = nets.ImageEncoder(m.depth, kernel=m.kernel, **common)
-      modules['image_decoder'] = nets.ImageDecoder(shape, m.depth, **common)
+      modules['image_encoder'] = nets.ImageEncoder(m.depth, kernel=m.kernel, bias=public,
+                                                   pool=public, **common)
+      decoder = dict(bias=True, pool=True, kernel=m.kernel, blocks=8, deter=m.deter,
+                     units=m.units) if public else {}
+      modules['image_decoder'] = nets.ImageDecoder(shape, m.depth, **decoder, **common)
     if VECTOR in self.obs_space:
       size = self.obs_space[VECTOR][0][0]
-      modules['vector_encoder'] = nets.VectorEncoder(m.encoder_layers, m.units, **common)
-      modules['vector_decoder'] = nets.Head(size, m.decoder_layers, m.units, **common)
+      modules['vector_encoder'] = nets.VectorEncoder(m.encoder_layers, m.units, bias=public,
+                                                     **common)
+      modules['vector_decoder'] = nets.Head(size, m.decoder_layers, m.units, bias=public,
+                                            **common)
     modules['reward'] = nets.Head(heads.scalar_outputs(m.reward_head, m.bins), m.head_layers,
-                                  m.units, zero_init=m.reward_head == 'twohot', **common)
-    modules['cont'] = nets.Head(1, m.head_layers, m.units, **common)
+                                  m.units, zero_init=m.reward_head == 'twohot', bias=public,
+                                  **common)
+    modules['cont'] = nets.Head(1, m.head_layers, m.units, bias=public, **common)
     object.__setattr__(self, 'modules', modules)
     object.__setattr__(self, 'bins', ops.symexp_bins(m.bins))
 

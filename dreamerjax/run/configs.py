@@ -71,6 +71,21 @@ SSM_SIZES = {
     '400m': dict(width=2304, layers=8, state=1024),
 }
 
+# Network forms (`model.arch`), for the RSSM variants. `paper`: the cheaper CNN of the DreamerV3
+# paper (stride-2 4x4 convolutions, the decoder's first grid one dense map of the features),
+# LayerNorm, one prior layer. `public2024`: the networks of the 2024 public DreamerV3 code
+# (github.com/danijar/dreamerv3 at e3f0224, `configs.yaml` and `rssm.py`): 5x5 stride-1
+# convolutions each followed by a 2x2 max pool, a decoder of nearest-neighbour upsampling and 5x5
+# convolutions with a sigmoid output whose first grid comes from an 8-block linear map of the
+# deterministic state plus a two-layer MLP of the stochastic one, RMSNorm with a bias in every
+# linear layer, two prior layers. Its CNN has about 2.6x the FLOPs of the whole `paper` update at
+# 12m (docs/benchmarks.md), which is why `paper` is the default. Values here fill the
+# placeholders the user left; `--config.model.norm=layer` still wins.
+ARCHS = {
+    'paper': dict(norm='layer', kernel=4, prior_layers=1),
+    'public2024': dict(norm='rms', kernel=5, prior_layers=2),
+}
+
 # Each variant is a recipe over the same parts. Paper values; see README for sources.
 VARIANTS = {
     # DreamerV3 (Hafner et al. 2023, arXiv:2301.04104v1 hyperparameter table). The actor's
@@ -195,8 +210,12 @@ def _model_section() -> ml_collections.ConfigDict:
   # RSSM state when it acted there) instead of a fresh one (the public DreamerV3 code's
   # `replay_context`); RSSM dynamics and online runs only.
   c.replay_context = False
-  c.update(encoder_layers=3, decoder_layers=3, head_layers=1, norm='layer', act='silu',
-           kernel=4, compute_dtype='float32', bins=255, decoder_scale=1.0, reward_scale=1.0,
+  c.arch = 'paper'                   # network forms, see ARCHS
+  c.norm = _placeholder(str)         # layer, rms or none (from ARCHS)
+  c.kernel = _placeholder(int)       # CNN kernel size (from ARCHS)
+  c.prior_layers = _placeholder(int)  # hidden layers of the RSSM prior (from ARCHS)
+  c.update(encoder_layers=3, decoder_layers=3, head_layers=1, act='silu',
+           compute_dtype='float32', bins=255, decoder_scale=1.0, reward_scale=1.0,
            cont_scale=1.0)
   return c
 
@@ -382,6 +401,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise _unknown('size preset (--config.size)', config.size, SIZES)
   if config.variant not in VARIANTS:
     raise _unknown('variant (--config.variant)', config.variant, VARIANTS)
+  if config.model.arch not in ARCHS:
+    raise _unknown('network form (--config.model.arch)', config.model.arch, ARCHS)
   config = ml_collections.ConfigDict(config.to_dict())
   variant = VARIANTS[config.variant]
   dynamics = (config.model.dynamics or variant.get('model', {}).get('dynamics')
@@ -390,7 +411,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   sequence_sizes = {**SSM_SIZES[config.size], **TRANSFORMER_SIZES[config.size],
                     **(SSM_SIZES[config.size] if dynamics == 'ssm' else {})}
   # Variant values override size values (DreamerV2's 32 classes), user values override both.
-  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size], **sequence_sizes}},
+  layers = [{'model': {**SIZE_DEFAULTS, **SIZES[config.size], **sequence_sizes,
+                       **ARCHS[config.model.arch]}},
             VARIANT_DEFAULTS, variant]
   for layer in reversed(layers):
     for section, values in layer.items():
@@ -506,7 +528,8 @@ RULES: dict[str, Rule] = {
     'run.save_every_minutes': _NON_NEGATIVE, 'run.keep_checkpoints': _count(1),
     **{f'model.{key}': _count(1) for key in ('deter', 'hidden', 'stoch', 'classes', 'depth',
                                              'units', 'blocks', 'width', 'layers', 'heads',
-                                             'context', 'state', 'kernel')},
+                                             'context', 'state', 'kernel', 'prior_layers')},
+    'model.arch': Rule(choices=tuple(ARCHS)),
     'model.latent': Rule(choices=('categorical', 'gaussian')),
     'model.dynamics': Rule(choices=DYNAMICS), 'model.unimix': _MIX,
     **{f'model.{key}': _NON_NEGATIVE for key in ('free_nats', 'dyn_scale', 'rep_scale',
@@ -605,6 +628,10 @@ def _cross_field_problems(config: ml_collections.ConfigDict, num_devices: int) -
   if run.replay_capacity < run.batch_size * run.batch_length:
     problems.append(f'--config.run.replay_capacity={run.replay_capacity} is smaller than one batch '
                     f'({run.batch_size}x{run.batch_length}); raise it')
+  if model.arch == 'public2024' and (model.dynamics != 'rssm' or model.deter % 8):
+    problems.append('--config.model.arch=public2024 needs --config.model.dynamics=rssm and a '
+                    f'--config.model.deter divisible by 8 (got {model.dynamics}, {model.deter}): '
+                    'its image decoder reads the deterministic state in 8 blocks')
   if model.deter % model.blocks:
     problems.append(f'--config.model.deter={model.deter} must be divisible by '
                     f'--config.model.blocks={model.blocks}')

@@ -1,0 +1,88 @@
+"""`model.arch=public2024`: the networks of the 2024 public DreamerV3 code, parameter for parameter;
+and the FLOP counter both sides of the comparison with that code use."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamerjax.analysis import benchmark, flops
+from dreamerjax.models import nets
+from dreamerjax.run import configs
+
+# Trained parameters per part of the public code (github.com/danijar/dreamerv3 at e3f0224,
+# batch 16 x 64, 17 discrete actions, 64x64x3 image or 17-dim vector observations), measured in
+# its own environment by
+#   python scripts/bench_public.py --sizes=1m,12m --obs=image,vector
+# (`params_by_part` of the `public` records in benchmarks/public_2024.json).
+PUBLIC_PARAMS = {
+    ('1m', 'image'): dict(encoder=14304, dynamics=377408, decoder=80595, reward=57663,
+                          cont=41153, actor=50641, critic=66111),
+    ('1m', 'vector'): dict(encoder=9664, dynamics=365120, decoder=50641, reward=57663,
+                           cont=41153, actor=50641, critic=66111),
+}
+
+
+@pytest.mark.parametrize('size,obs', sorted(PUBLIC_PARAMS))
+def test_public2024_parameters_match_the_public_code_per_part(size, obs):
+  agent = benchmark.bench_agent(size, obs, model={'arch': 'public2024'})
+  counts = benchmark.params_by_part(agent, jax.eval_shape(agent.init, jax.random.key(0)))
+  for part, want in PUBLIC_PARAMS[size, obs].items():
+    got = counts['continue' if part == 'cont' else part]
+    assert abs(got / want - 1) <= 0.01, (part, got, want)
+
+
+def test_arch_fills_norm_kernel_and_prior_layers_unless_set():
+  config = configs.base()
+  assert (lambda m: (m.norm, m.kernel, m.prior_layers))(configs.resolve(config).model) == (
+      'layer', 4, 1)
+  config.model.arch = 'public2024'
+  model = configs.resolve(config).model
+  assert (model.norm, model.kernel, model.prior_layers) == ('rms', 5, 2)
+  config.model.norm = 'layer'
+  assert configs.resolve(config).model.norm == 'layer'
+
+
+def test_public2024_needs_rssm_dynamics():
+  config = configs.base()
+  config.variant, config.model.arch = 'storm', 'public2024'
+  with pytest.raises(configs.ConfigError, match='arch=public2024 needs'):
+    configs.validate(configs.resolve(config))
+
+
+def test_pool_encoder_and_decoder_shapes():
+  image = jnp.zeros((2, 3, 16, 16, 3), jnp.uint8)
+  encoder = nets.ImageEncoder(4, kernel=5, pool=True, bias=True, norm='rms')
+  params = encoder.init(jax.random.key(0), image)
+  assert encoder.apply(params, image).shape == (2, 3, 1 * 1 * 16)
+  decoder = nets.ImageDecoder((16, 16, 3), 4, pool=True, bias=True, norm='rms', blocks=8,
+                              deter=16, units=8)
+  features = jnp.ones((2, 3, 16 + 12))
+  params = decoder.init(jax.random.key(1), features)
+  out = decoder.apply(params, features)
+  assert out.shape == (2, 3, 16, 16, 3) and float(out.min()) > 0 and float(out.max()) < 1
+
+
+@pytest.mark.parametrize('channels,outputs', [(8, 3), (3, 8)])
+def test_stride1_patch_conv_equals_lax_conv_same(channels, outputs):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 7, channels))
+  kernel = jax.random.normal(jax.random.key(1), (5, 5, channels, outputs))
+  conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  ours = lambda x, k: nets.patch_conv(x, k, 1, 2)  # noqa: E731
+  np.testing.assert_allclose(ours(x, kernel), conv(x, kernel), atol=1e-4)
+  loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)))  # noqa: E731
+  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                       jax.grad(loss(conv), (0, 1))(x, kernel), strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_counted_flops_include_convolutions_and_skip_dead_code():
+  x, kernel = jnp.ones((2, 8, 8, 3)), jnp.ones((5, 5, 3, 4))
+
+  def f(x, kernel):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    unused = x.reshape(2, -1) @ jnp.ones((192, 1000))  # noqa: F841 (dead: no output uses it)
+    return y
+  assert flops.matmul_flops(f, x, kernel) == 2 * (2 * 8 * 8 * 4) * (5 * 5 * 3)
