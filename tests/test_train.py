@@ -197,6 +197,19 @@ def test_incompatible_workdir_needs_force(tmp_path):
   assert train.run(changed, workdir)['env_step'] == 100
 
 
+def test_a_run_saved_before_a_key_existed_still_resumes(tmp_path):
+  # Keys added later (here `model.state` and `model.prior_layers`, which resolve fills in from
+  # the size and arch) count as the values they resolve to for the saved run.
+  config = configs.resolve(debug_config(steps=100))
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['model']['state'], saved['model']['prior_layers']
+  path = tmp_path / 'config.json'
+  path.write_text(json.dumps(saved))
+  assert common._config_differences(config, str(path)) == []
+  config.model.prior_layers = 2
+  assert common._config_differences(config, str(path)) == ['model.prior_layers: saved 1, now 2']
+
+
 def test_batch_not_divisible_by_devices(run_with_devices):
   output = run_with_devices('''
       from dreamerjax.run import configs, train

@@ -99,10 +99,18 @@ def _lock_workdir(workdir: str) -> None:
 def _config_differences(config: ml_collections.ConfigDict, path: str) -> list[str]:
   """`key: saved x, now y` for the options that differ from the run saved in `path`."""
   with open(path) as f:
-    saved = _flatten(json.load(f))
+    raw = json.load(f)
+  saved = _flatten(raw)
   new = _flatten(json.loads(json.dumps(config.to_dict())))
-  # A run saved before a key existed ran with its default.
-  defaults = _flatten(json.loads(json.dumps(configs.base().to_dict())))
+  # A run saved before a key existed ran with the value that key now resolves to for it (its
+  # default, or what its size and variant fill in).
+  defaults = configs.base()
+  configs.update(defaults, raw)
+  try:
+    defaults = configs.resolve(defaults)
+  except Exception:  # noqa: BLE001 - a saved config this code cannot resolve: plain defaults
+    defaults = configs.base()
+  defaults = _flatten(json.loads(json.dumps(defaults.to_dict())))
   saved = {**{k: v for k, v in defaults.items() if k in new}, **saved}
   differ = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_CHANGES
                   and saved.get(k, '<unset>') != new.get(k, '<unset>'))
