@@ -67,7 +67,7 @@ def main(argv):
         _write('train_step', records)
   if 'loop' in _ONLY.value:
     records = []
-    for suite, task, steps in (('classic', 'CartPole-v1', 4000), ('atari100k', 'Pong-v5', 2000)):
+    for suite, task, steps in (('classic', 'CartPole-v1', 4000), ('atari100k', 'Pong-v5', 1200)):
       config_suite = _suite(suite)
       if suite == 'atari100k':  # the CPU preset, so the loop measures plumbing, not a 12m model
         config_suite = {**config_suite, 'size': 'tiny'}
