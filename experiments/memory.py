@@ -38,7 +38,7 @@ SUITE = {
     'task': 'jax:CueRecall-30',
     'size': 'debug',
     'num_seeds': 5,
-    'run': dict(steps=20_000, train_ratio=32.0, envs=4, batch_size=16, batch_length=64,
+    'run': dict(steps=16_000, train_ratio=32.0, envs=4, batch_size=16, batch_length=64,
                 replay_capacity=100_000, prefill=2_000, log_every=1_000, eval_every=2_000,
                 eval_episodes=16, save_every_minutes=5.0),
     'model': dict(encoder_layers=2, decoder_layers=2),

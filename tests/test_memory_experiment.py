@@ -163,11 +163,11 @@ def test_table_from_run_folders(tmp_path):
 def test_world_model_tier_end_to_end(tmp_path):
   config = EXPERIMENT.get_config('task=CueRecall-3,arm=rssm,debug')
   config.run.batch_length = 16
-  result = memory_probe.world_model_tier(config, updates=20, num_envs=8, steps=80, delays=(0, 3),
+  result = memory_probe.world_model_tier(config, updates=10, num_envs=8, steps=80, delays=(0, 3),
                                          probe_steps=100, out_dir=str(tmp_path))
   assert set(result['accuracy']) == {'0', '3'}
   assert all(0.0 <= value <= 1.0 for value in result['accuracy'].values())
   assert math.isfinite(result['loss']) and result['seconds_per_update'] > 0
   assert json.load(open(tmp_path / memory_probe.TIER_FILE))['span'] == 3
   text = '\n'.join(memory_table.tier_markdown([result]))
-  assert '| rssm | 3 | 20 |' in text
+  assert "| rssm | 3 | 10 |" in text

@@ -135,8 +135,9 @@ def _truth(vectorized, state) -> dict:
 
 def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, length: int,
                       key: jax.Array, chunk: int = 50) -> tuple[dict, dict]:
-  """Trains `agent`'s world model alone for `updates` steps on sequences `[B, T]` sampled from
-  `data` (`random_streams`), through the replay buffer; returns the parameters and
+  """Trains `agent`'s world model alone for `updates` steps (a multiple of `chunk`, the updates
+  of one jitted call; rounded down) on sequences `[B, T]` sampled from `data`
+  (`random_streams`), through the replay buffer; returns the parameters and
   `{'seconds_per_update', 'compile_seconds', 'loss'}` (the last chunk's mean loss)."""
   fields = {k: v for k, v in data.items() if not k.startswith('truth/')}
   spec = {k: (v.shape[2:], v.dtype) for k, v in fields.items()}
@@ -144,6 +145,8 @@ def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, l
   buffer = add_many(replay.init(spec, num_envs, num_envs * steps),
                     jax.tree.map(lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1), fields))
   model, tx = agent.world_model, agent.optimizers['world_model']
+  chunk = max(1, min(chunk, updates))
+  rounds = max(1, updates // chunk)
   init_key, key = jax.random.split(key)
   params = model.init(init_key)
   opt_state = tx.init(params)
@@ -165,11 +168,11 @@ def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, l
   compiled = train.lower(params, opt_state, key).compile()
   compile_seconds = time.perf_counter() - start
   start, loss = time.perf_counter(), None
-  for index in range(max(1, updates // chunk)):
+  for index in range(rounds):
     params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(key, index))
   loss = float(loss)
   seconds = time.perf_counter() - start
-  return params, {'seconds_per_update': seconds / (max(1, updates // chunk) * chunk),
+  return params, {'seconds_per_update': seconds / (rounds * chunk),
                   'compile_seconds': compile_seconds, 'loss': loss}
 
 

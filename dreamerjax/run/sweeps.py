@@ -7,8 +7,12 @@ A sweep file (``experiments/sweeps/*.py``) defines ``get_sweep()`` returning::
      'grid': {'task': [...], 'seed': [0, 1, 2]},  # experiment options to cross
      'overrides': {'run.train_ratio': 256}}       # --config.<key>=<value> for every run
 
+An experiment file may accept options of its own beside ``task``, ``variant``, ``size``,
+``seed`` and ``debug`` (its ``OPTIONS`` set, e.g. experiments/memory.py's ``arm``); the grid and
+the base may name them.
+
 Each grid point is a run named from its grid values (``task=Pong-v5,seed=0`` ->
-``Pong-v5__seed0``; task and variant values bare, other options as ``<option><value>``), run by
+``Pong-v5__seed0``; task, variant and arm values bare, other options as ``<option><value>``), run by
 ``python scripts/train.py --config=<suite>:<options> --workdir=<root>/<name> --config.<k>=<v>``
 from the repository root. Runs are ordered seed-major (every task of seed 0 before seed 1; then
 by task, variant, size), so an unfinished sweep holds complete seeds first. Process ``p`` of
