@@ -54,6 +54,9 @@ def cue_accuracy(world_model, params, data: dict, delays, key: jax.Array,
   """`{d: accuracy}` of probes from the filtered features `d` steps into an episode to the cue
   (`data`: `[N, T]` streams with obs keys, `action`, `is_first` and `truth/cue`); None where the
   train or test envs hold no such step."""
+  if CUE not in data:
+    raise ValueError(f'cue probes need {CUE} in the data (CueRecall tasks); got '
+                     f'{sorted(k for k in data if k.startswith("truth/"))}')
   features, index = probes.latent_features(world_model, params, data, (probes.FILTERED,),
                                            key)[probes.FILTERED]
   envs = data['is_first'].shape[0]
