@@ -185,7 +185,7 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   """The world-model-only tier on a CueRecall task of `config` (e.g. experiments/memory.py's,
   any arm but random): random-policy streams (`steps` per env, default 40 episodes), `updates`
   world-model updates of `run.batch_size x run.batch_length`, then `cue_accuracy` at `delays`
-  (default 0, L/2, L) on fresh random-policy streams. Writes `memory_world_model.json` to
+  (default 0, L/2, L) on as many fresh random-policy steps. Writes `memory_world_model.json` to
   `out_dir` if given; returns the result with its measured seconds."""
   config = configs.resolve(config)
   configs.validate(config)
@@ -198,7 +198,8 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   data = random_streams(env, num_envs, steps, seed)
   params, cost = train_world_model(agent, data, updates, config.run.batch_size,
                                    config.run.batch_length, jax.random.key(seed))
-  probe_data = random_streams(env, num_envs, steps, seed + 1)
+  # As many fresh steps, in 4x the envs: shorter streams keep the filtered pass over each small.
+  probe_data = random_streams(env, 4 * num_envs, max(span + 2, steps // 4), seed + 1)
   probe_start = time.perf_counter()
   accuracy = cue_accuracy(agent.world_model, params, probe_data, delays,
                           jax.random.key(seed + 2), probe_steps)
