@@ -50,6 +50,7 @@ class EnvGroup:
       raise
     self.obs_space = self.envs[0].obs_space
     self.act_space = self.envs[0].act_space
+    self.success = self.envs[0].success
 
   def _stack(self, steps: list[dict]) -> dict:
     if not self.stacked:

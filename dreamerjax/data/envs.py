@@ -204,6 +204,9 @@ class VectorEnv:
         # Simulator ground truth of the last reset/step, for diagnostics (state probes): DMC
         # proprio observation parts by name, Atari RAM, the classic-control state vector.
         self.truth: dict[str, np.ndarray] = {}
+        # The env's score in [0, 1] of an episode return, where it defines one (`success` of the
+        # memory suite's envs); logged as `episode/success` and `eval/success`.
+        self.success: Callable[[float], float] | None = None
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env; all entries of the result have ``is_first``."""

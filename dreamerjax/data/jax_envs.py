@@ -133,6 +133,7 @@ class JaxVectorEnv(envs.VectorEnv):
                np.float32))
     super().__init__(env, task, 'jax', num_envs, obs_space, act_space, dict, *native)
     self._keys = env_keys(seed, num_envs)
+    self.success = getattr(env, 'success', None)
     self._state: VectorState | None = None
     try:
       self._programs = _cached_programs(self.vectorized)

@@ -255,3 +255,14 @@ def make(name: str):
     raise ValueError(f'jax:{name}: the number after {base}- must be a whole number, got '
                      f'{number!r}')
   return cls(**({field: int(number)} if dash else {}), **extra)
+
+
+def span(task: str) -> int:
+  """The steps an agent must look back on a memory task (`jax:` prefix optional): L of
+  CueRecall-L and CueRecallOracle-L, k of RepeatPrevious-k; a ValueError for other tasks."""
+  env = make(task.removeprefix('jax:'))
+  if isinstance(env, CueRecall):
+    return env.length
+  if isinstance(env, RepeatPrevious):
+    return env.k
+  raise ValueError(f'{task} is not a memory task (CueRecall-L or RepeatPrevious-k)')

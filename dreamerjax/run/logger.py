@@ -37,14 +37,20 @@ from dreamerjax.run import errors
 METRICS_FILE = 'metrics.jsonl'
 RETURN_KEY = 'episode/return'
 EVAL_RETURN_KEY = 'eval/episode/return'
+SUCCESS_KEY = 'eval/success'  # envs with a success(return) score (the memory suite)
 
 
-def eval_metrics(returns: Any) -> dict[str, float]:
+def eval_metrics(returns: Any, success: Any = None) -> dict[str, float]:
   """The metrics row of an evaluation: mean and std of the episode `returns` (NaN entries, for
-  episodes that did not end, are left out)."""
+  episodes that did not end, are left out), and with the env's `success(return)` function the
+  mean success (`eval/success`)."""
   returns = np.asarray(returns, np.float64)
-  return {EVAL_RETURN_KEY: float(np.nanmean(returns)),
-          f'{EVAL_RETURN_KEY}_std': float(np.nanstd(returns))}
+  row = {EVAL_RETURN_KEY: float(np.nanmean(returns)),
+         f'{EVAL_RETURN_KEY}_std': float(np.nanstd(returns))}
+  ended = returns[np.isfinite(returns)]
+  if success is not None and ended.size:
+    row[SUCCESS_KEY] = float(np.mean([success(value) for value in ended]))
+  return row
 
 
 def _to_float(key: str, value: Any) -> float | None:

@@ -150,9 +150,10 @@ class OnlineLoop:
     self.finished.clear()
     for step, seed, episode_return, episode_length in sorted(rows.tolist(), key=lambda r: r[0]):
       self.counters['episodes'] += 1
-      self.logger.write(int(step), {'episode/return': episode_return,
-                                    'episode/length': episode_length},
-                        seed=self.seed_field(int(seed)))
+      row = {'episode/return': episode_return, 'episode/length': episode_length}
+      if self.env.success is not None:
+        row['episode/success'] = self.env.success(episode_return)
+      self.logger.write(int(step), row, seed=self.seed_field(int(seed)))
 
   def _log(self, step: int) -> None:
     """The `run/` row (speed, updates, replay size) and the latest train metrics."""
@@ -179,7 +180,8 @@ class OnlineLoop:
     returns = common.evaluate(self.agent, self.programs, self.state, config, layout,
                               config.run.eval_episodes, config.seed + 10_000 + step)
     for seed, seed_returns in enumerate(returns if layout.stacked else [returns]):
-      self.logger.write(step, eval_metrics(seed_returns), seed=self.seed_field(seed))
+      self.logger.write(step, eval_metrics(seed_returns, self.env.success),
+                        seed=self.seed_field(seed))
     if not layout.stacked:  # what the model predicts from actions alone: metrics and video
       prediction = parallel.to_host(self.programs.predict(self.state, self.replay_state))
       self.logger.write(step, openloop.error_metrics(prediction))

@@ -7,8 +7,12 @@ A sweep file (``experiments/sweeps/*.py``) defines ``get_sweep()`` returning::
      'grid': {'task': [...], 'seed': [0, 1, 2]},  # experiment options to cross
      'overrides': {'run.train_ratio': 256}}       # --config.<key>=<value> for every run
 
+An experiment file may accept options of its own beside ``task``, ``variant``, ``size``,
+``seed`` and ``debug`` (its ``OPTIONS`` set, e.g. experiments/memory.py's ``arm``); the grid and
+the base may name them.
+
 Each grid point is a run named from its grid values (``task=Pong-v5,seed=0`` ->
-``Pong-v5__seed0``; task and variant values bare, other options as ``<option><value>``), run by
+``Pong-v5__seed0``; task, variant and arm values bare, other options as ``<option><value>``), run by
 ``python scripts/train.py --config=<suite>:<options> --workdir=<root>/<name> --config.<k>=<v>``
 from the repository root. Runs are ordered seed-major (every task of seed 0 before seed 1; then
 by task, variant, size), so an unfinished sweep holds complete seeds first. Process ``p`` of
@@ -57,9 +61,9 @@ LOG_FILE = 'train.log'
 PLAN_FILE = 'sweep.json'
 SWEEP_KEYS = ('suite', 'base', 'grid', 'overrides')
 # Order of options in run names and option strings; seed sorts first (see module docstring).
-NAME_ORDER = ('task', 'variant', 'size', 'seed', 'debug')
-SORT_ORDER = ('seed', 'task', 'variant', 'size', 'debug')
-BARE_NAME_OPTIONS = ('task', 'variant')
+NAME_ORDER = ('task', 'variant', 'arm', 'size', 'seed', 'debug')
+SORT_ORDER = ('seed', 'task', 'variant', 'arm', 'size', 'debug')
+BARE_NAME_OPTIONS = ('task', 'variant', 'arm')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,16 +93,26 @@ class Failure:
         return os.path.join(self.run.workdir, LOG_FILE)
 
 
-def parse_options(options: str | dict | None) -> dict:
+def parse_options(options: str | dict | None, extra: frozenset = frozenset()) -> dict:
     """Options string ``'size=12m,debug'`` or dict -> dict (bare words -> True), validated
-    against the options experiment files accept."""
+    against the options experiment files accept (and a suite's ``extra`` ones)."""
+    known = configs.OPTIONS | set(extra)
     if isinstance(options, dict):
-        unknown = set(options) - configs.OPTIONS
+        unknown = set(options) - known
         if unknown:
             raise ValueError(f'unknown experiment options {sorted(unknown)}; known: '
-                             f'{sorted(configs.OPTIONS)}')
+                             f'{sorted(known)}')
         return dict(options)
-    return configs.parse_options(options, configs.OPTIONS)
+    return configs.parse_options(options, known)
+
+
+def suite_options(suite: str) -> frozenset:
+    """The options a suite file accepts on top of ``configs.OPTIONS`` (its ``OPTIONS`` set, e.g.
+    experiments/memory.py's ``arm``); empty when the file defines none or is not there."""
+    path = suite if os.path.isabs(suite) else os.path.join(REPOSITORY_ROOT, suite)
+    if not os.path.isfile(path):
+        return frozenset()
+    return frozenset(getattr(configs.load_file(path), 'OPTIONS', ()))
 
 
 def _option_rank(order: tuple[str, ...], key: str) -> tuple[int, str]:
@@ -157,13 +171,14 @@ def validate_sweep(sweep: dict) -> dict:
         raise ValueError(f'a sweep needs keys suite and grid (optional: base, overrides); got '
                          f'{sorted(sweep)}')
     grid = {key: list(values) for key, values in sweep['grid'].items()}
-    parse_options({key: True for key in grid})
+    extra = suite_options(str(sweep['suite']))
+    parse_options({key: True for key in grid}, extra)
     empty = [key for key, values in grid.items() if not values]
     if empty:
         raise ValueError(f'grid entries without values: {empty}')
     overrides = {key.removeprefix('--').removeprefix('config.'): value
                  for key, value in (sweep.get('overrides') or {}).items()}
-    return {'suite': str(sweep['suite']), 'base': parse_options(sweep.get('base')),
+    return {'suite': str(sweep['suite']), 'base': parse_options(sweep.get('base'), extra),
             'grid': grid, 'overrides': overrides}
 
 

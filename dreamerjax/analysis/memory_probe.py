@@ -1,0 +1,217 @@
+"""Does a world model's latent hold the cue d steps after it was shown? Probes for the memory suite.
+
+* `cue_accuracy`: from the filtered (posterior) features of the steps `d` steps into an episode,
+  an MLP probe (`probes.fit_probe`) predicts the env's `truth/cue` (±1); the score is the share
+  of held-out episodes (the streams of the last quarter of the envs) whose sign it gets right.
+  0.5 is chance; at d = 0 the cue is in the observation itself.
+* `probe_run`: that accuracy at delay L for every seed of a trained run of experiments/memory.py
+  (the run's own policy acting), written to `<workdir>/memory_probe.json` for the memory table.
+* `world_model_tier`: the cheap tier that runs at every L: a world model alone (no actor-critic)
+  trained on random-policy data of the vmapped JAX env, then probed at several delays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dreamerjax.agents.agent import Agent, _update
+from dreamerjax.analysis import probes
+from dreamerjax.data import jax_envs, memory, replay
+from dreamerjax.run import common, configs
+from dreamerjax.run.offline import add_many
+
+PROBE_FILE = 'memory_probe.json'
+TIER_FILE = 'memory_world_model.json'
+CUE = 'truth/cue'
+
+
+def elapsed_steps(is_first: np.ndarray) -> np.ndarray:
+  """Steps since the episode's first step, `[N, T]` int: 0 where `is_first`, else one more than
+  the step before (the streams' first step counts as a start)."""
+  is_first = np.asarray(is_first, bool)
+  elapsed = np.zeros(is_first.shape, np.int64)
+  for t in range(1, is_first.shape[1]):
+    elapsed[:, t] = np.where(is_first[:, t], 0, elapsed[:, t - 1] + 1)
+  return elapsed
+
+
+def sign_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
+  """Share of entries where the signs of `prediction` and the ±1 `target` agree (0 counts as a
+  wrong sign)."""
+  prediction, target = np.ravel(prediction), np.ravel(target)
+  return float(np.mean(np.sign(prediction) == np.sign(target)))
+
+
+def cue_accuracy(world_model, params, data: dict, delays, key: jax.Array,
+                 probe_steps: int = 1000, test_fraction: float = 0.25) -> dict[int, float | None]:
+  """`{d: accuracy}` of probes from the filtered features `d` steps into an episode to the cue
+  (`data`: `[N, T]` streams with obs keys, `action`, `is_first` and `truth/cue`); None where the
+  train or test envs hold no such step."""
+  if CUE not in data:
+    raise ValueError(f'cue probes need {CUE} in the data (CueRecall tasks); got '
+                     f'{sorted(k for k in data if k.startswith("truth/"))}')
+  features, index = probes.latent_features(world_model, params, data, (probes.FILTERED,),
+                                           key)[probes.FILTERED]
+  envs = data['is_first'].shape[0]
+  held = max(1, round(envs * test_fraction))
+  elapsed = elapsed_steps(data['is_first'])[index[:, 0], index[:, 1]]
+  cue = np.asarray(data[CUE])[index[:, 0], index[:, 1]].reshape(-1, 1)
+  test = index[:, 0] >= envs - held
+  scores: dict[int, float | None] = {}
+  for delay in delays:
+    at = elapsed == delay
+    if not (at & ~test).any() or not (at & test).any():
+      scores[int(delay)] = None
+      continue
+    prediction = probes.fit_probe(features[at & ~test], cue[at & ~test], features[at & test],
+                                  jax.random.fold_in(key, int(delay)), steps=probe_steps)
+    scores[int(delay)] = sign_accuracy(prediction, cue[at & test])
+  return scores
+
+
+# ----------------------------------------------------------------------------- trained runs
+
+
+def probe_run(workdir: str, steps: int = 1000, num_envs: int = 8, probe_steps: int = 1000,
+              seed: int = 12345) -> dict:
+  """Cue accuracy at delays 0 and L of every seed of the run in `workdir` (a CueRecall run of
+  experiments/memory.py), from `steps` steps of `num_envs` envs acting with that seed's policy;
+  writes and returns `<workdir>/memory_probe.json`."""
+  config, agent, _ = common.load_run(workdir)
+  span = memory.span(config.task)
+  step, state, _, _ = common.restore(workdir)
+  policy = jax.jit(agent.policy_step)
+  key = jax.random.key(seed)
+  accuracy = []
+  for k in range(config.num_seeds):
+    seed_state = jax.tree.map(lambda x, k=k: x[k], state) if config.num_seeds > 1 else state
+    act = lambda carry, obs, key, s=seed_state: policy(s, carry, obs, key)  # noqa: E731
+    data = probes.collect(act, agent.initial_policy_carry, agent.env_action, config, steps,
+                          num_envs, seed + k)
+    scores = cue_accuracy(agent.world_model, seed_state.params['world_model'], data,
+                          (0, span), jax.random.fold_in(key, k), probe_steps)
+    accuracy.append({str(d): v for d, v in scores.items()})
+  result = {'task': config.task, 'span': span, 'step': int(step), 'seeds': config.num_seeds,
+            'collect_steps': steps, 'collect_envs': num_envs, 'accuracy': accuracy}
+  with open(os.path.join(workdir, PROBE_FILE), 'w') as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
+# ----------------------------------------------------------------------------- world model only
+
+
+def random_streams(env, num_envs: int, steps: int, seed: int) -> dict:
+  """`[N, T]` streams of `num_envs` copies of the JAX env `env` under uniformly random actions,
+  stepped in one jitted scan: obs keys, `action` (one-hot, the action that led to the step; zero
+  at episode starts), `reward`, `is_first`, `is_last`, `is_terminal` and `truth/<name>`."""
+  vectorized = jax_envs.Vectorized(env, num_envs)
+  actions = env.act_space.num_actions
+
+  def run(key):
+    state, out = vectorized.reset(jax_envs.env_keys(seed, num_envs))
+    first = {**out, **_truth(vectorized, state), 'action': jnp.zeros((num_envs, actions))}
+
+    def body(state, key):
+      action = jax.random.randint(key, (num_envs,), 0, actions)
+      state, out = vectorized.step(state, action)
+      onehot = jax.nn.one_hot(action, actions) * ~out['is_first'][:, None]
+      return state, {**out, **_truth(vectorized, state), 'action': onehot}
+
+    _, rest = jax.lax.scan(body, state, jax.random.split(key, steps - 1))
+    stream = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), stream)
+
+  return jax.tree.map(np.asarray, jax.jit(run)(jax.random.key(seed)))
+
+
+def _truth(vectorized, state) -> dict:
+  return {f'truth/{name}': value for name, value in vectorized.truth(state).items()}
+
+
+def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, length: int,
+                      key: jax.Array, chunk: int = 50) -> tuple[dict, dict]:
+  """Trains `agent`'s world model alone for `updates` steps (a multiple of `chunk`, the updates
+  of one jitted call; rounded down) on sequences `[B, T]` sampled from `data`
+  (`random_streams`), through the replay buffer; returns the parameters and
+  `{'seconds_per_update', 'compile_seconds', 'loss'}` (the last chunk's mean loss)."""
+  fields = {k: v for k, v in data.items() if not k.startswith('truth/')}
+  spec = {k: (v.shape[2:], v.dtype) for k, v in fields.items()}
+  num_envs, steps = data['is_first'].shape
+  buffer = add_many(replay.init(spec, num_envs, num_envs * steps),
+                    jax.tree.map(lambda x: jnp.swapaxes(jnp.asarray(x), 0, 1), fields))
+  model, tx = agent.world_model, agent.optimizers['world_model']
+  chunk = max(1, min(chunk, updates))
+  rounds = max(1, updates // chunk)
+  init_key, key = jax.random.split(key)
+  params = model.init(init_key)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train(params, opt_state, key):
+    def step(carry, key):
+      params, opt_state = carry
+      sample_key, loss_key = jax.random.split(key)
+      batch = replay.sample(buffer, sample_key, batch_size, length)
+      (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, batch, loss_key)
+      params, opt_state, _ = _update(tx, grads, opt_state, params)
+      return (params, opt_state), loss
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
+                                               jax.random.split(key, chunk))
+    return params, opt_state, jnp.mean(losses)
+
+  start = time.perf_counter()
+  compiled = train.lower(params, opt_state, key).compile()
+  compile_seconds = time.perf_counter() - start
+  start, loss = time.perf_counter(), None
+  for index in range(rounds):
+    params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(key, index))
+  loss = float(loss)
+  seconds = time.perf_counter() - start
+  return params, {'seconds_per_update': seconds / (rounds * chunk),
+                  'compile_seconds': compile_seconds, 'loss': loss}
+
+
+def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num_envs: int = 16,
+                     steps: int | None = None, delays=None, probe_steps: int = 1000,
+                     seed: int = 0, out_dir: str | None = None) -> dict:
+  """The world-model-only tier on a CueRecall task of `config` (e.g. experiments/memory.py's,
+  any arm but random): random-policy streams (`steps` per env, default 40 episodes), `updates`
+  world-model updates of `run.batch_size x run.batch_length`, then `cue_accuracy` at `delays`
+  (default 0, L/2, L) on as many fresh random-policy steps. Writes `memory_world_model.json` to
+  `out_dir` if given; returns the result with its measured seconds."""
+  config = configs.resolve(config)
+  configs.validate(config)
+  env = jax_envs.resolve(config.task.removeprefix('jax:'))
+  span = memory.span(config.task)
+  steps = steps or 40 * (span + 1)
+  delays = tuple(delays) if delays is not None else (0, span // 2, span)
+  agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
+  start = time.perf_counter()
+  data = random_streams(env, num_envs, steps, seed)
+  params, cost = train_world_model(agent, data, updates, config.run.batch_size,
+                                   config.run.batch_length, jax.random.key(seed))
+  # As many fresh steps, in 4x the envs: shorter streams keep the filtered pass over each small.
+  probe_data = random_streams(env, 4 * num_envs, max(span + 2, steps // 4), seed + 1)
+  probe_start = time.perf_counter()
+  accuracy = cue_accuracy(agent.world_model, params, probe_data, delays,
+                          jax.random.key(seed + 2), probe_steps)
+  result = {'task': config.task, 'dynamics': config.model.dynamics, 'context': config.model.context
+            if config.model.dynamics == 'transformer' else None, 'span': span,
+            'updates': updates, 'batch_size': config.run.batch_size,
+            'batch_length': config.run.batch_length, 'envs': num_envs, 'steps': steps,
+            'seed': seed, 'accuracy': {str(d): v for d, v in accuracy.items()},
+            **cost, 'probe_seconds': time.perf_counter() - probe_start,
+            'total_seconds': time.perf_counter() - start}
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, TIER_FILE), 'w') as f:
+      json.dump(result, f, indent=2)
+  return result

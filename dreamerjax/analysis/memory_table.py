@@ -1,0 +1,259 @@
+"""The memory table and plot of a sweep folder of experiments/memory.py runs (docs/memory.md).
+
+Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the arms; per cell:
+
+* success: the score of each seed (`tables.score_run` on `eval/success`: its mean over the
+  evaluations in the last 10% of the budget), as the mean over seeds with a 95% percentile
+  bootstrap interval (seeds resampled, `tables.stratified_bootstrap`);
+* probe: the accuracy of the cue from the world model's filtered features at delay L, mean over
+  seeds (`memory_probe.probe_run`, read from `<run>/memory_probe.json`; '-' if not probed);
+* steps to 90%: the median over seeds of the first env step whose evaluation reached 0.9 success
+  ('never' when most seeds did not; the count that did in brackets);
+* s/update: wall seconds per update of all seeds together over the training part of the run
+  (acting between updates included), from the `run/` rows;
+* minutes: the run's wall minutes, or for a run that has not reached its budget the minutes
+  projected at the budget from its rate since training began (marked `~`).
+
+The world-model-only tier (`memory_probe.world_model_tier`, one `memory_world_model.json` per
+folder) gets a table of its own: cue accuracy at delay L per dynamics.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+
+from dreamerjax.analysis import memory_probe, tables
+from dreamerjax.data import memory
+from dreamerjax.run import configs, sweeps
+
+SUCCESS_KEY = 'eval/success'
+THRESHOLD = 0.9
+EXPERIMENT = os.path.join(sweeps.REPOSITORY_ROOT, 'experiments', 'memory.py')
+
+
+def experiment():
+  """experiments/memory.py as a module (its ARMS and `arm_of`)."""
+  return configs.load_file(EXPERIMENT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  """One arm at one span: per-seed scores and what the columns show."""
+  family: str
+  span: int
+  arm: str
+  budget: int
+  scores: tuple[float, ...]
+  reached: tuple[int | None, ...]
+  probe: tuple[float, ...] = ()
+  seconds_per_update: float | None = None
+  seconds: float | None = None
+  projected: bool = False
+
+  @property
+  def mean(self) -> float | None:
+    return float(np.mean(self.scores)) if self.scores else None
+
+
+def bootstrap_interval(scores, reps: int = tables.BOOTSTRAP_REPS, seed: int = 0,
+                       confidence: float = tables.CONFIDENCE) -> tuple[float, float]:
+  """95% percentile bootstrap interval of the mean of `scores` (seeds resampled)."""
+  return tables.stratified_bootstrap([np.asarray(scores, np.float64)], tables.aggregate_mean,
+                                     reps, seed, confidence)
+
+
+def steps_to_threshold(reached) -> tuple[int | None, int]:
+  """Median over seeds of the step each first reached the threshold (None: never, counted as
+  infinitely late), None when that median is never; and how many seeds reached it."""
+  values = [math.inf if step is None else float(step) for step in reached]
+  if not values:
+    return None, 0
+  median = float(np.median(values))
+  return (None if math.isinf(median) else int(median)), sum(step is not None for step in reached)
+
+
+def seconds_per_update(rows: list[dict]) -> float | None:
+  """Wall seconds per update between the first `run/` row with updates and the last one."""
+  marks = [(row['run/seconds'], row['run/updates']) for row in rows
+           if 'run/seconds' in row and row.get('run/updates')]
+  if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
+    return None
+  return (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
+
+
+def projected_seconds(rows: list[dict], budget: int) -> float | None:
+  """Wall seconds of a run at env step `budget`: the `run/seconds` of its first row there, or
+  an extrapolation at the rate (seconds per env step) between the first row with updates (the
+  second row, for runs without updates) and the last row."""
+  marks = [row for row in rows if 'run/seconds' in row]
+  if not marks:
+    return None
+  done = [row for row in marks if row['step'] >= budget]
+  if done:
+    return float(done[0]['run/seconds'])
+  start = next((row for row in marks if row.get('run/updates')), marks[min(1, len(marks) - 1)])
+  last = marks[-1]
+  if last['step'] <= start['step']:
+    return None
+  rate = (last['run/seconds'] - start['run/seconds']) / (last['step'] - start['step'])
+  return float(last['run/seconds'] + (budget - last['step']) * rate)
+
+
+def read_cell(workdir: str, arm_of=None) -> Cell:
+  """The cell of one run folder (every seed of it)."""
+  with open(os.path.join(workdir, tables.CONFIG_FILE), encoding='utf-8') as f:
+    config = json.load(f)
+  arm = (arm_of or experiment().arm_of)(config)
+  task = config['task'].removeprefix('jax:')
+  family = task.rpartition('-')[0].replace('Oracle', '')
+  scored = tables.score_run(workdir, key=SUCCESS_KEY, threshold=THRESHOLD)
+  histories = tables.seed_histories(workdir)
+  probe = ()
+  path = os.path.join(workdir, memory_probe.PROBE_FILE)
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      found = json.load(f)
+    probe = tuple(seed[str(found['span'])] for seed in found['accuracy']
+                  if seed.get(str(found['span'])) is not None)
+  rows = histories[0][1] if histories else []
+  budget = int(config['run']['steps'])
+  return Cell(family, memory.span(task), arm, budget,
+              tuple(run.score for run in scored if run.score is not None),
+              tuple(run.reached_step for run in scored), probe, seconds_per_update(rows),
+              projected_seconds(rows, budget), not all(run.finished for run in scored))
+
+
+def collect(root: str) -> list[Cell]:
+  """The cells of every run folder under `root`."""
+  arm_of = experiment().arm_of
+  return [read_cell(folder, arm_of) for folder in tables.run_folders(root)]
+
+
+def _cell_text(cell: Cell | None) -> list[str]:
+  if cell is None:
+    return ['', '', '', '', '']
+  if cell.scores:
+    low, high = bootstrap_interval(cell.scores)
+    success = (f'{cell.mean:.2f} [{low:.2f}, {high:.2f}] ({len(cell.scores)})')
+  else:
+    success = '-'
+  probe = f'{np.mean(cell.probe):.2f}' if cell.probe else '-'
+  median, count = steps_to_threshold(cell.reached)
+  steps = (f'{median:,}' if median is not None else 'never') + f' ({count}/{len(cell.reached)})'
+  seconds = f'{cell.seconds_per_update:.2f}' if cell.seconds_per_update else '-'
+  minutes = ('-' if cell.seconds is None else
+             f'{"~" if cell.projected else ""}{cell.seconds / 60:.1f}')
+  return [success, probe, steps, seconds, minutes]
+
+
+def markdown(cells: list[Cell], tiers: list[dict] | None = None, root: str = '') -> str:
+  """The tables as Markdown: one per task family (rows: span; per arm four columns)."""
+  arms_order = experiment().ARMS
+  lines = [f'# Memory experiment: {root}', '',
+           f'success: `{SUCCESS_KEY}` over the last 10% of the budget, mean over seeds '
+           f'[95% bootstrap interval, {tables.BOOTSTRAP_REPS} resamples] (seeds); probe: cue '
+           'accuracy from the filtered features at delay L (0.5 is chance); steps to 90%: median '
+           'over seeds of the first evaluation with success >= 0.9 (seeds that got there); '
+           's/update: wall seconds per update of all seeds, acting included; minutes: wall minutes '
+           'of the run (~: projected at the budget from an unfinished run).', '']
+  for family in sorted({cell.family for cell in cells}):
+    members = [cell for cell in cells if cell.family == family]
+    arms = [arm for arm in arms_order if any(cell.arm == arm for cell in members)]
+    by_key = {(cell.span, cell.arm): cell for cell in members}
+    header = ['L'] + [f'{arm}: {column}' for arm in arms
+                      for column in ('success', 'probe', 'steps to 90%', 's/update',
+                                     'minutes')]
+    lines += [f'## {family}', '', '| ' + ' | '.join(header) + ' |',
+              '|' + '---|' * len(header)]
+    for span in sorted({cell.span for cell in members}):
+      row = [str(span)]
+      for arm in arms:
+        row += _cell_text(by_key.get((span, arm)))
+      lines.append('| ' + ' | '.join(row) + ' |')
+    lines.append('')
+  if tiers:
+    lines += tier_markdown(tiers)
+  return '\n'.join(lines)
+
+
+def read_tiers(root: str) -> list[dict]:
+  """Every `memory_world_model.json` in `root` or its subfolders."""
+  found = []
+  for folder in [root] + [os.path.join(root, name) for name in sorted(os.listdir(root))]:
+    path = os.path.join(folder, memory_probe.TIER_FILE)
+    if os.path.isfile(path):
+      with open(path, encoding='utf-8') as f:
+        found.append(json.load(f))
+  return found
+
+
+def tier_label(result: dict) -> str:
+  context = f' (context {result["context"]})' if result.get('context') else ''
+  return result['dynamics'] + context
+
+
+def tier_markdown(tiers: list[dict]) -> list[str]:
+  """The world-model-only tier: cue accuracy at 0, L/2 and L per dynamics, and its cost."""
+  grouped = collections.defaultdict(list)
+  for result in tiers:
+    grouped[tier_label(result)].append(result)
+  lines = ['## World model only (random-policy data)', '',
+           '| dynamics | L | updates | accuracy at d = 0 / L/2 / L | s/update | total s |',
+           '|---|---|---|---|---|---|']
+  for label in sorted(grouped):
+    for result in sorted(grouped[label], key=lambda r: r['span']):
+      accuracy = ' / '.join('-' if value is None else f'{value:.2f}'
+                            for _, value in sorted(result['accuracy'].items(),
+                                                   key=lambda item: int(item[0])))
+      lines.append(f'| {label} | {result["span"]} | {result["updates"]} | {accuracy} | '
+                   f'{result["seconds_per_update"]:.3f} | {result["total_seconds"]:.0f} |')
+  return lines + ['']
+
+
+def plot(cells: list[Cell], path: str) -> str:
+  """Success against L per arm (mean over seeds, bootstrap interval as error bars), PNG."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  arms = [arm for arm in experiment().ARMS if any(cell.arm == arm for cell in cells)]
+  for index, arm in enumerate(arms):
+    points = sorted((cell.span, cell.mean, *bootstrap_interval(cell.scores))
+                    for cell in cells if cell.arm == arm and cell.scores)
+    if not points:
+      continue
+    spans, means, lows, highs = (np.asarray(column) for column in zip(*points, strict=True))
+    ax.errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-', capsize=3,
+                color=f'C{index}', label=arm)
+  ax.set_xscale('log')
+  ax.set_xlabel('memory span L (steps)')
+  ax.set_ylabel(f'success ({SUCCESS_KEY})')
+  ax.set_ylim(-0.05, 1.05)
+  ax.axhline(0.5, color='gray', lw=0.8, ls=':')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='best', fontsize='small')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format='png')
+  return path
+
+
+def write(root: str, out: str | None = None) -> dict:
+  """Writes `<out>.md` and `<out>.png` (default `<root>/memory_table`); returns the paths."""
+  out = out or os.path.join(root, 'memory_table')
+  cells, tiers = collect(root), read_tiers(root)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(f'{out}.md', 'w', encoding='utf-8') as f:
+    f.write(markdown(cells, tiers, os.path.abspath(root)))
+  paths = {'markdown': f'{out}.md'}
+  if any(cell.scores for cell in cells):
+    paths['plot'] = plot(cells, f'{out}.png')
+  return paths

@@ -1,0 +1,173 @@
+"""The memory experiment: each arm's config, matched parameter counts, the table math, the success
+metric and a tiny run of the world-model-only tier."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from dreamerjax.agents.agent import Agent
+from dreamerjax.analysis import benchmark, memory_probe, memory_table
+from dreamerjax.data import memory
+from dreamerjax.run import configs, sweeps
+from dreamerjax.run.logger import eval_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = configs.load_file(os.path.join(ROOT, 'experiments', 'memory.py'))
+
+
+def config_of(options: str) -> configs.ml_collections.ConfigDict:
+  config = configs.resolve(EXPERIMENT.get_config(options))
+  configs.validate(config)
+  return config
+
+
+@pytest.mark.parametrize('length', [5, 30, 120])
+def test_each_arm_resolves_to_its_dynamics(length):
+  expected = {  # arm: (dynamics, context or None, replay_context, task)
+      'rssm': ('rssm', None, False, f'jax:CueRecall-{length}'),
+      'transformer8': ('transformer', 8, False, f'jax:CueRecall-{length}'),
+      'transformer': ('transformer', length + 1, False, f'jax:CueRecall-{length}'),
+      'ssm': ('ssm', None, False, f'jax:CueRecall-{length}'),
+      'rssm_replay': ('rssm', None, True, f'jax:CueRecall-{length}'),
+      'random': ('rssm', None, False, f'jax:CueRecall-{length}'),
+      'oracle': ('rssm', None, False, f'jax:CueRecallOracle-{length}'),
+  }
+  assert set(expected) == set(EXPERIMENT.ARMS)
+  for arm, (dynamics, context, replay_context, task) in expected.items():
+    config = config_of(f'task=CueRecall-{length},arm={arm}')
+    assert (config.model.dynamics, config.model.replay_context, config.task) == (
+        dynamics, replay_context, task), arm
+    if context is not None:
+      assert config.model.context == context, arm
+    assert config.num_seeds == 5
+    assert config.run.batch_length >= max(64, 2 * (length + 1))
+    assert (config.run.prefill > config.run.steps) == (arm == 'random'), arm
+    assert EXPERIMENT.arm_of(json.loads(json.dumps(config.to_dict()))) == arm
+
+
+def test_options_and_errors():
+  assert config_of('task=jax:RepeatPrevious-8,arm=ssm').task == 'jax:RepeatPrevious-8'
+  assert config_of('arm=rssm,debug').run.steps < 1000
+  with pytest.raises(configs.ConfigError, match='unknown memory arm'):
+    EXPERIMENT.get_config('arm=lstm')
+  with pytest.raises(configs.ConfigError, match='oracle needs a CueRecall'):
+    EXPERIMENT.get_config('task=RepeatPrevious-8,arm=oracle')
+  assert memory.span('jax:CueRecallOracle-15') == 15 and memory.span('RepeatPrevious-4') == 4
+  with pytest.raises(ValueError, match='not a memory task'):
+    memory.span('DiscountingChain-1')
+
+
+@pytest.mark.parametrize('size', sorted(EXPERIMENT.MATCHED))
+def test_transformer_and_ssm_arms_match_the_rssm_in_dynamics_parameters(size):
+  env = memory.make('CueRecall-30')
+  counts = {}
+  for arm in ('rssm', 'transformer', 'transformer8', 'ssm'):
+    config = config_of(f'task=CueRecall-30,arm={arm},size={size}')
+    agent = Agent(config, env.obs_space, True, env.act_space.num_actions)
+    counts[arm] = benchmark.dynamics_params(agent)
+  for arm in ('transformer', 'transformer8', 'ssm'):
+    assert abs(counts[arm] / counts['rssm'] - 1.0) < 0.1, (arm, counts)
+
+
+def test_sweep_files_name_every_arm():
+  short = sweeps.expand(sweeps.load_sweep(os.path.join(ROOT, 'experiments/sweeps/memory.py')),
+                        '/tmp/unused')
+  long = sweeps.expand(sweeps.load_sweep(os.path.join(ROOT,
+                                                      'experiments/sweeps/memory_long.py')),
+                       '/tmp/unused')
+  assert len(short) == 3 * len(EXPERIMENT.ARMS) and len(long) == 2 * len(EXPERIMENT.ARMS)
+  assert 'CueRecall-30__transformer8__seed0' in {run.name for run in short}
+  assert 'arm=transformer8' in short[0].command_line or any(
+      'arm=transformer8' in run.command_line for run in short)
+
+
+# ----------------------------------------------------------------------------- table math
+
+
+def test_bootstrap_interval_and_steps_to_threshold():
+  assert memory_table.bootstrap_interval([0.7] * 5) == (0.7, 0.7)
+  low, high = memory_table.bootstrap_interval([0.0, 0.0, 1.0, 1.0, 1.0], reps=4000)
+  assert 0.0 <= low < 0.6 < high <= 1.0
+  # With 5 draws of {0, 1} the mean is k/5; the 2.5th percentile of Binomial(5, 0.6)/5 is 0.2.
+  assert low == pytest.approx(0.2) and high == pytest.approx(1.0)
+  assert memory_table.steps_to_threshold([300, None, 100]) == (300, 2)
+  assert memory_table.steps_to_threshold([None, None, 100]) == (None, 1)
+  assert memory_table.steps_to_threshold([400, 200, None, None]) == (None, 2)  # median inf
+  assert memory_table.steps_to_threshold([100, 300]) == (200, 2)
+  assert memory_table.steps_to_threshold([]) == (None, 0)
+
+
+def test_seconds_per_update_and_projection():
+  rows = [{'step': 2000, 'run/seconds': 1.0, 'run/updates': 0.0},
+          {'step': 3000, 'run/seconds': 50.0, 'run/updates': 30.0},
+          {'step': 4000, 'run/seconds': 80.0, 'run/updates': 60.0}]
+  assert memory_table.seconds_per_update(rows) == pytest.approx(1.0)
+  assert memory_table.seconds_per_update(rows[:2]) is None
+  # 30 s per 1000 steps after the first row with updates: 80 + 16 * 30 at 20k steps.
+  assert memory_table.projected_seconds(rows, 20_000) == pytest.approx(80 + 16 * 30)
+  assert memory_table.projected_seconds(rows, 4000) == pytest.approx(80)
+
+
+def test_success_is_an_eval_metric():
+  env = memory.make('CueRecall-5')
+  row = eval_metrics([1.0, -1.0, 1.0, np.nan], env.success)
+  assert row['eval/success'] == pytest.approx(2 / 3)
+  assert 'eval/success' not in eval_metrics([1.0])
+
+
+def test_elapsed_steps_and_sign_accuracy():
+  first = np.array([[True, False, False, True, False], [False, True, False, False, False]])
+  np.testing.assert_array_equal(memory_probe.elapsed_steps(first),
+                                [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3]])
+  assert memory_probe.sign_accuracy([0.3, -2.0, 0.0, 1.0], [1, -1, 1, -1]) == 0.5
+
+
+def write_run(folder, task, arm, scores_by_seed, budget=1000):
+  """A run folder of experiments/memory.py as the loop writes it (config.json, metrics.jsonl)."""
+  config = json.loads(json.dumps(EXPERIMENT.get_config(f'task={task},arm={arm}').to_dict()))
+  config['run']['steps'], config['num_seeds'] = budget, len(scores_by_seed)
+  os.makedirs(folder)
+  with open(os.path.join(folder, 'config.json'), 'w') as f:
+    json.dump(config, f)
+  with open(os.path.join(folder, 'metrics.jsonl'), 'w') as f:
+    for step in (500, 1000):
+      f.write(json.dumps({'step': step, 'run/seconds': step / 100, 'run/updates': step / 10})
+              + '\n')
+      for seed, (early, late) in enumerate(scores_by_seed):
+        f.write(json.dumps({'step': step, 'seed': seed,
+                            'eval/success': early if step == 500 else late}) + '\n')
+
+
+def test_table_from_run_folders(tmp_path):
+  root = tmp_path / 'memory'
+  write_run(root / 'a', 'CueRecall-5', 'rssm', [(0.5, 1.0), (0.95, 1.0), (0.5, 0.5)])
+  write_run(root / 'b', 'CueRecall-5', 'random', [(0.5, 0.5), (0.5, 0.5), (0.5, 0.5)])
+  write_run(root / 'c', 'CueRecall-15', 'rssm', [(0.5, 0.5), (0.5, 0.5), (0.5, 0.5)])
+  with open(root / 'a' / memory_probe.PROBE_FILE, 'w') as f:
+    json.dump({'span': 5, 'accuracy': [{'0': 1.0, '5': 0.75}, {'0': 1.0, '5': 0.25}]}, f)
+  cells = {(cell.span, cell.arm): cell for cell in memory_table.collect(str(root))}
+  rssm = cells[(5, 'rssm')]
+  assert rssm.scores == (1.0, 1.0, 0.5) and rssm.reached == (1000, 500, None)
+  assert rssm.probe == (0.75, 0.25) and rssm.seconds_per_update == pytest.approx(0.1)
+  assert memory_table.steps_to_threshold(rssm.reached) == (1000, 2)
+  paths = memory_table.write(str(root))
+  text = open(paths['markdown']).read()
+  assert '## CueRecall' in text and '| 5 | 0.83 [' in text and '1,000 (2/3)' in text
+  assert '| 15 |' in text and 'never (0/3)' in text
+  assert open(paths['plot'], 'rb').read(4) == b'\x89PNG'
+
+
+def test_world_model_tier_end_to_end(tmp_path):
+  config = EXPERIMENT.get_config('task=CueRecall-3,arm=rssm,debug')
+  config.run.batch_length = 16
+  result = memory_probe.world_model_tier(config, updates=10, num_envs=8, steps=80, delays=(0, 3),
+                                         probe_steps=100, out_dir=str(tmp_path))
+  assert set(result['accuracy']) == {'0', '3'}
+  assert all(0.0 <= value <= 1.0 for value in result['accuracy'].values())
+  assert math.isfinite(result['loss']) and result['seconds_per_update'] > 0
+  assert json.load(open(tmp_path / memory_probe.TIER_FILE))['span'] == 3
+  text = '\n'.join(memory_table.tier_markdown([result]))
+  assert "| rssm | 3 | 10 |" in text
