@@ -63,18 +63,33 @@ def test_pool_encoder_and_decoder_shapes():
   assert out.shape == (2, 3, 16, 16, 3) and float(out.min()) > 0 and float(out.max()) < 1
 
 
-@pytest.mark.parametrize('channels,outputs', [(8, 3), (3, 8)])
-def test_stride1_patch_conv_equals_lax_conv_same(channels, outputs):
+@pytest.mark.parametrize('impl', ['lax', 'rows', 'patch'])
+@pytest.mark.parametrize('channels,outputs', [(8, 3), (3, 8), (6, 6)])
+def test_same_conv_forms_equal_lax_conv_with_gradients(impl, channels, outputs):
   x = jax.random.normal(jax.random.key(0), (2, 9, 7, channels))
   kernel = jax.random.normal(jax.random.key(1), (5, 5, channels, outputs))
   conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  ours = lambda x, k: nets.patch_conv(x, k, 1, 2)  # noqa: E731
+  ours = lambda x, k: nets.same_conv(x, k, impl)  # noqa: E731
   np.testing.assert_allclose(ours(x, kernel), conv(x, kernel), atol=1e-4)
   loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)))  # noqa: E731
   for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
                        jax.grad(loss(conv), (0, 1))(x, kernel), strict=True):
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_only_odd_same_convolutions_take_the_same_conv_path():
+  """`public2024`'s 5x5 convolutions run as `nets.SAME_CONV`; the `paper` forms (stride-2 4x4,
+  the upsampling 2x2) keep their patch products, so their programs are unchanged."""
+  def primitives(fn, *shapes):
+    jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(fn(*a)), tuple(range(len(shapes)))))(
+        *[jnp.ones(shape) for shape in shapes])
+    return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
+  assert 'conv_general_dilated' in primitives(
+      lambda x, k: nets.patch_conv(x, k, 1, 2), (2, 8, 8, 4), (5, 5, 4, 6))
+  assert 'conv_general_dilated' not in primitives(
+      lambda x, k: nets.patch_conv(x, k, 2, 1), (2, 8, 8, 4), (4, 4, 4, 6))
+  assert 'conv_general_dilated' not in primitives(nets.upsample_conv, (2, 4, 4, 8), (2, 2, 8, 24))
 
 
 def test_counted_flops_include_convolutions_and_skip_dead_code():

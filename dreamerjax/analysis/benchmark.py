@@ -386,3 +386,48 @@ def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,
       seconds.append(time.perf_counter() - start)
     record[name] = {'counted_flops': matmul_flops(grad, params), 'seconds': min(seconds)}
   return record
+
+
+def conv_shapes(depth: int, multipliers=(2, 3, 4, 4), size: int = 64,
+                channels: int = 3) -> list[dict]:
+  """The stride-1 convolutions of `arch=public2024` at width `depth`: the encoder's (input size,
+  channels in, out), then the decoder's, each convolving after a 2x upsampling."""
+  widths = [depth * m for m in multipliers]
+  encoder = [dict(part='encoder', size=size >> i, inputs=c_in, outputs=c_out)
+             for i, (c_in, c_out) in enumerate(zip([channels] + widths[:-1], widths, strict=True))]
+  reverse = widths[::-1]
+  decoder = [dict(part='decoder', size=size >> (len(widths) - 1 - i), inputs=c_in,
+                  outputs=c_out) for i, (c_in, c_out) in
+             enumerate(zip(reverse, reverse[1:] + [channels], strict=True))]
+  return encoder + decoder
+
+
+def conv_profile(depth: int, frames: int = 1024, kernel: int = 5, impls=('lax', 'rows', 'patch'),
+                 repeats: int = 3) -> list[dict]:
+  """Forward plus backward seconds of each stride-1 `kernel` convolution of `arch=public2024`
+  (`conv_shapes`) alone over `frames` frames, per formulation of `nets.same_conv`: per shape, one
+  call of each formulation in turn, `repeats` rounds (so that load on a shared host falls on all
+  alike), after one warm-up call each; the record keeps each one's calls and their minimum. The
+  first encoder layer differentiates the kernel only (the image needs no gradient)."""
+  records = []
+  for shape in conv_shapes(depth):
+    n, c, o = shape['size'], shape['inputs'], shape['outputs']
+    x = jax.random.normal(jax.random.key(0), (frames, n, n, c))
+    weights = jax.random.normal(jax.random.key(1), (kernel, kernel, c, o)) / (kernel * c ** 0.5)
+    cotangent = jax.random.normal(jax.random.key(2), (frames, n, n, o))
+    argnums = (1,) if shape['part'] == 'encoder' and c == 3 else (0, 1)
+    grads = {name: jax.jit(jax.grad(
+        lambda x, w, impl=name, g=cotangent: jnp.vdot(nets.same_conv(x, w, impl), g), argnums))
+        for name in impls}
+    for grad in grads.values():
+      jax.block_until_ready(grad(x, weights))
+    calls = {name: [] for name in impls}
+    for _ in range(repeats):
+      for name, grad in grads.items():
+        start = time.perf_counter()
+        jax.block_until_ready(grad(x, weights))
+        calls[name].append(time.perf_counter() - start)
+    records.append({**shape, 'frames': frames, 'kernel': kernel, 'load_average': os.getloadavg(),
+                    'counted_flops': matmul_flops(grads['lax'], x, weights) if 'lax' in grads
+                    else None, 'calls_s': calls, 'min_s': {k: min(v) for k, v in calls.items()}})
+  return records

@@ -205,15 +205,52 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
   except the first), one product gives every input pixel's contribution to each of its k*k
   windows and `_window_sum` adds them up: k*k*O columns instead of a k*k*C wide patch matrix
   (encoder forward plus backward at 1024 frames, 12m: 1.41-1.59 -> 1.17-1.26 s).
+  A stride-1 convolution with 'SAME' padding and an odd kernel (the 5x5 ones of
+  `arch=public2024`) runs as `same_conv(..., SAME_CONV)` instead.
   """
   k = kernel.shape[0]
-  if stride == 1 and kernel.shape[-1] < x.shape[-1] and 2 * pad == k - 1:
-    # The window sum below over the unpadded input: padding contributes nothing, so the product
-    # runs over the H x W pixels only (at 16x16 with a 5x5 kernel, 20x20 padded: 1.56x the work).
-    n, h, w, c = x.shape
-    z = rows_matmul(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1).astype(x.dtype))
-    z = jnp.pad(z.reshape(n, h, w, k * k, -1), ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
-    return _window_sum(z, k)
+  if stride == 1 and 2 * pad == k - 1:
+    return same_conv(x, kernel, SAME_CONV)
+  return _patch_products(x, kernel, stride, pad)
+
+
+# How `patch_conv` computes stride-1 'SAME' convolutions with an odd kernel (those of
+# `arch=public2024`; the `paper` networks have none): `lax`, `rows` or `patch` (see `same_conv`).
+# `lax` keeps no patch copies for the backward pass, so the 12m update fits in host memory (the
+# patch matrices were 1.3-3.3 GB per layer at 1024 frames), and it is the native convolution on
+# accelerators. `benchmark.conv_profile` times the three per layer shape (docs/benchmarks.md).
+SAME_CONV = 'lax'
+
+
+def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
+  """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`.
+
+  `impl`: `lax` (`lax_conv`), `rows` (`row_conv`: one product per kernel row over a 1/k size
+  patch matrix) or `patch` (a k*k*C wide patch matrix, or with fewer outputs than inputs one
+  product over the input and `_window_sum`). All agree to float tolerance, gradients included
+  (tests/test_public_arch.py).
+  """
+  k = kernel.shape[0]
+  pad = (k - 1) // 2
+  if impl == 'lax':
+    return lax_conv(x, kernel, pad)
+  if impl == 'rows':
+    return row_conv(x, kernel, pad)
+  if impl != 'patch':
+    raise ValueError(f'unknown convolution form {impl!r}: use lax, rows or patch')
+  if kernel.shape[-1] >= x.shape[-1]:
+    return _patch_products(x, kernel, 1, pad)
+  # The window sum below over the unpadded input: padding contributes nothing, so the product
+  # runs over the H x W pixels only (at 16x16 with a 5x5 kernel, 20x20 padded: 1.56x the work).
+  n, h, w, c = x.shape
+  z = rows_matmul(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1).astype(x.dtype))
+  z = jnp.pad(z.reshape(n, h, w, k * k, -1), ((0, 0), (pad, pad), (pad, pad), (0, 0), (0, 0)))
+  return _window_sum(z, k)
+
+
+def _patch_products(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
+  """`patch_conv` by patch matrices (see there)."""
+  k = kernel.shape[0]
   x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   if stride > 1 and k % stride == 0 and x.shape[1] % stride == 0 and x.shape[2] % stride == 0:
     x, kernel = space_to_depth(x, stride), kernel_to_depth(kernel, stride)
@@ -226,6 +263,54 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
   views = [x[:, a:a + stride * (out_h - 1) + 1:stride, b:b + stride * (out_w - 1) + 1:stride]
            for a in range(k) for b in range(k)]
   return rows_matmul(jnp.concatenate(views, -1), kernel.reshape(k * k * c, -1).astype(x.dtype))
+
+
+def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """Stride-1 convolution by `lax.conv_general_dilated` (`[N, H, W, C]`, `[k, k, C, O]`, zero
+  padding `pad` on every side), differentiated by autodiff."""
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def row_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """Stride-1 convolution as k products, one per kernel row, over one `[N, H + 2 pad, W, k*C]`
+  matrix of the k column-shifted views (1/k of the k*k*C wide patch matrix of `patch_conv`, and
+  the only array kept for the backward pass)."""
+  k, _, c, _ = kernel.shape
+  out_w = x.shape[2] + 2 * pad - k + 1
+  x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rows = jnp.concatenate([x[:, :, b:b + out_w] for b in range(k)], -1)
+  return _row_products(rows, kernel.reshape(k, k * c, -1).astype(x.dtype))
+
+
+@jax.custom_vjp
+def _row_products(rows: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`[N, H + k - 1, W, K]`, `[k, K, O]` -> `[N, H, W, O]`: output row `i` sums
+  `rows[:, i + a] @ kernel[a]` over the kernel rows `a`."""
+  k = kernel.shape[0]
+  out_h = rows.shape[1] - k + 1
+  return sum(rows[:, a:a + out_h] @ kernel[a] for a in range(k))
+
+
+def _row_products_fwd(rows, kernel):
+  return _row_products(rows, kernel), (rows, kernel)
+
+
+def _row_products_bwd(residuals, g):
+  rows, kernel = residuals
+  k, width, out = kernel.shape
+  out_h = g.shape[1]
+  flat = g.reshape(-1, out)
+  dkernel = jnp.stack([rows[:, a:a + out_h].reshape(-1, width).T @ flat for a in range(k)])
+  # Row r of `rows` received row r - a of the output through kernel row a.
+  taps = g @ kernel.transpose(2, 0, 1).reshape(out, k * width)
+  taps = taps.reshape(*g.shape[:3], k, width)
+  drows = sum(jnp.pad(taps[:, :, :, a], ((0, 0), (a, k - 1 - a), (0, 0), (0, 0)))
+              for a in range(k))
+  return drows, dkernel.astype(kernel.dtype)
+
+
+_row_products.defvjp(_row_products_fwd, _row_products_bwd)
 
 
 @jax.custom_vjp
