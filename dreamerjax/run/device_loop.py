@@ -45,6 +45,7 @@ class DeviceLoop(online.OnlineLoop):
     n = self.num_envs
     self.episode = {'returns': jnp.zeros(n, jnp.float32), 'lengths': jnp.zeros(n, jnp.int32)}
     self._chunks = {}
+    self._zero_metrics = None
 
   def _chunk(self, length: int):
     """The jitted program of `length` steps (cached per length: the last chunk may be short)."""
@@ -61,8 +62,9 @@ class DeviceLoop(online.OnlineLoop):
     scalars = {'env_step': jnp.int32(counters['env_step']), 'position': jnp.int32(self.position),
                'credit': jnp.float32(counters['train_credit']),
                'updates': jnp.int32(counters['updates'])}
-    metrics = self.metrics if self.metrics is not None else zero_metrics(
-        self.programs.train_fn, self.state, self.replay_state)
+    if self.metrics is None and self._zero_metrics is None:  # traced once, not per chunk
+      self._zero_metrics = zero_metrics(self.programs.train_fn, self.state, self.replay_state)
+    metrics = self.metrics if self.metrics is not None else self._zero_metrics
     (self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
      scalars, metrics), ended = self._chunk(length)(
         self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
