@@ -52,7 +52,8 @@ class DeviceLoop(online.OnlineLoop):
     if length not in self._chunks:
       self._chunks[length] = jax.jit(
           functools.partial(chunk, self.agent, self.device_env, self.programs.train_fn,
-                            self.config.run, length), donate_argnums=(0, 1, 2))
+                            self.config.run, self.updates_per_step, length),
+          donate_argnums=(0, 1, 2))
     return self._chunks[length]
 
   def _act(self) -> None:
@@ -93,12 +94,13 @@ def random_actions(key: jax.Array, discrete: bool, num_envs: int, size: int) -> 
   return jax.random.uniform(key, (num_envs, size), minval=-1.0, maxval=1.0)
 
 
-def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, length: int, state,
-          replay_state, carry, env_state, step_data, episode, scalars, metrics, policy_key):
-  """`length` steps of every env, as the module doc says. Returns the new loop values and, per
-  step, the envs' `is_last`, episode returns and lengths and the env step counter."""
+def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, updates_per_step: float,
+          length: int, state, replay_state, carry, env_state, step_data, episode, scalars,
+          metrics, policy_key):
+  """`length` steps of every env, as the module doc says (`updates_per_step`: per env step, as
+  the host loop's). Returns the new loop values and, per step, the envs' `is_last`, episode
+  returns and lengths and the env step counter."""
   n = env.num_envs
-  updates_per_step = run_config.train_ratio / (run_config.batch_size * run_config.batch_length)
   obs_keys = (*env.obs_space, 'is_first')
 
   def train_while_earned(values, replay_state):
