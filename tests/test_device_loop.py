@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.data import device_envs, envs
-from dreamerjax.run import configs, train
+from dreamerjax.run import configs, device_loop, train
 from dreamerjax.run.logger import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,10 +80,21 @@ def device_config(steps, loop='device', **run):
   return config
 
 
-def test_device_loop_trains_logs_and_resumes(tmp_path):
+def test_device_loop_trains_logs_and_resumes(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   host = train.run(device_config(320, loop='host'), str(tmp_path / 'host'))
+  programs = []
+  make_chunk = device_loop.DeviceLoop._chunk
+
+  def recorded_chunk(self, length):
+    programs.append(make_chunk(self, length))
+    return programs[-1]
+
+  monkeypatch.setattr(device_loop.DeviceLoop, '_chunk', recorded_chunk)
   first = train.run(device_config(320), workdir)
+  # Five chunks of 64 env steps, one compiled program: the loop values of the first call are
+  # placed as the chunk returns them (a second compile cost as much as 2,000 CartPole steps).
+  assert len(programs) == 5 and len(set(programs)) == 1 and programs[0]._cache_size() == 1
   # The same train ratio arithmetic: as many updates as the host loop makes in as many steps.
   assert first['env_step'] == host['env_step'] == 320
   assert first['updates'] == host['updates'] > 0

@@ -66,10 +66,15 @@ class DeviceLoop(online.OnlineLoop):
     if self.metrics is None and self._zero_metrics is None:  # traced once, not per chunk
       self._zero_metrics = zero_metrics(self.programs.train_fn, self.state, self.replay_state)
     metrics = self.metrics if self.metrics is not None else self._zero_metrics
+    # The chunk returns every loop value replicated on the (one-device) mesh; values from the host
+    # loop's setup arrive batch-sharded or uncommitted. Placed as the chunk returns them, the
+    # second call finds the program of the first instead of compiling it again (at `tiny`, 18 s
+    # each time). On an array already placed so, device_put is a no-op.
+    loop = jax.device_put(
+        (self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
+         scalars, metrics), self.layout.replicated)
     (self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
-     scalars, metrics), ended = self._chunk(length)(
-        self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
-        scalars, metrics, self.policy_key)
+     scalars, metrics), ended = self._chunk(length)(*loop, self.policy_key)
     scalars, ended = jax.device_get((scalars, ended))
     if int(scalars['updates']) > 0:
       self.metrics = metrics
