@@ -39,6 +39,17 @@ _SEEDS_STEPS = flags.DEFINE_integer('seeds_steps', 2000, 'Env steps per seed (se
 _DYNAMICS_SIZE = flags.DEFINE_string('dynamics_size', 'tiny', 'Size preset of the dynamics '
                                      'benchmark (RSSM vs Transformer).')
 _DYNAMICS_LENGTHS = flags.DEFINE_list('dynamics_lengths', ['64', '256'], 'Sequence lengths T.')
+_LOOP_TASKS = flags.DEFINE_list('loop_tasks', ['CartPole-v1', 'Pong-v5'],
+                                'Tasks of the loop benchmark (CartPole-v1 and/or Pong-v5).')
+_LOOP_ACTIONS = flags.DEFINE_list('loop_actions', ['random', 'policy', 'trained'],
+                                  'Loop benchmark cases: random actions, the policy without '
+                                  'updates, the policy with the suite\'s train ratio.')
+
+for _flag, _allowed in ((_LOOP_TASKS, ('CartPole-v1', 'Pong-v5')),
+                        (_LOOP_ACTIONS, ('random', 'policy', 'trained'))):
+  flags.register_validator(_flag.name, lambda value, allowed=_allowed: set(value) <= set(allowed),
+                           f'--{_flag.name} takes a comma-separated subset of '
+                           f'{", ".join(_allowed)}')
 
 
 def _suite(name):
@@ -68,13 +79,16 @@ def main(argv):
   if 'loop' in _ONLY.value:
     records = []
     for suite, task, steps in (('classic', 'CartPole-v1', 4000), ('atari100k', 'Pong-v5', 1200)):
+      if task not in _LOOP_TASKS.value:
+        continue
       config_suite = _suite(suite)
       if suite == 'atari100k':  # the CPU preset, so the loop measures plumbing, not a 12m model
         config_suite = {**config_suite, 'size': 'tiny'}
       default_ratio = config_suite['run']['train_ratio']
       # Random actions, the policy without updates, the suite's train ratio; each with the host
       # loop and the on-device loop back to back.
-      for ratio in (0.0, 'policy', default_ratio):
+      cases = {'random': 0.0, 'policy': 'policy', 'trained': default_ratio}
+      for ratio in (cases[name] for name in _LOOP_ACTIONS.value):
         for loop in ('host', 'device'):
           record = benchmark.loop_record(config_suite, task, ratio, steps, loop=loop)
           logging.info('%s', record)
