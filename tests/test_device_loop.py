@@ -86,8 +86,8 @@ def test_device_loop_trains_logs_and_resumes(tmp_path, monkeypatch):
   programs = []
   make_chunk = device_loop.DeviceLoop._chunk
 
-  def recorded_chunk(self, length):
-    programs.append(make_chunk(self, length))
+  def recorded_chunk(self):
+    programs.append(make_chunk(self))
     return programs[-1]
 
   monkeypatch.setattr(device_loop.DeviceLoop, '_chunk', recorded_chunk)
@@ -95,6 +95,10 @@ def test_device_loop_trains_logs_and_resumes(tmp_path, monkeypatch):
   # Five chunks of 64 env steps, one compiled program: the loop values of the first call are
   # placed as the chunk returns them (a second compile cost as much as 2,000 CartPole steps).
   assert len(programs) == 5 and len(set(programs)) == 1 and programs[0]._cache_size() == 1
+  # A short last chunk (2 of 16 steps) runs the same program.
+  programs.clear()
+  short = train.run(device_config(328), str(tmp_path / 'short'))
+  assert short['env_step'] == 328 and len(set(programs)) == 1 and programs[0]._cache_size() == 1
   # The same train ratio arithmetic: as many updates as the host loop makes in as many steps.
   assert first['env_step'] == host['env_step'] == 320
   assert first['updates'] == host['updates'] > 0

@@ -1,4 +1,4 @@
-"""The online loop with acting on the device (`run.loop=device`): one jitted `lax.scan` runs
+"""The online loop with acting on the device (`run.loop=device`): one jitted loop runs up to
 `run.loop_steps` steps of every env, each step acting with the policy (random actions during
 prefill), stepping the envs (`data.device_envs`: envpool's XLA interface or a vmapped `jax:` env),
 writing the step into the device replay and running the updates the train ratio has earned by
@@ -44,17 +44,18 @@ class DeviceLoop(online.OnlineLoop):
     self.env_state = self.device_env.state()
     n = self.num_envs
     self.episode = {'returns': jnp.zeros(n, jnp.float32), 'lengths': jnp.zeros(n, jnp.int32)}
-    self._chunks = {}
+    self._program = None
     self._zero_metrics = None
 
-  def _chunk(self, length: int):
-    """The jitted program of `length` steps (cached per length: the last chunk may be short)."""
-    if length not in self._chunks:
-      self._chunks[length] = jax.jit(
+  def _chunk(self):
+    """The jitted program of up to `run.loop_steps` steps (the number is an argument, so a short
+    last chunk runs the same program instead of compiling one of its own)."""
+    if self._program is None:
+      self._program = jax.jit(
           functools.partial(chunk, self.agent, self.device_env, self.programs.train_fn,
-                            self.config.run, self.updates_per_step, length),
+                            self.config.run, self.updates_per_step, self.config.run.loop_steps),
           donate_argnums=(0, 1, 2))
-    return self._chunks[length]
+    return self._program
 
   def _act(self) -> None:
     counters, run_config = self.counters, self.config.run
@@ -74,7 +75,7 @@ class DeviceLoop(online.OnlineLoop):
         (self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
          scalars, metrics), self.layout.replicated)
     (self.state, self.replay_state, self.carry, self.env_state, self.step_data, self.episode,
-     scalars, metrics), ended = self._chunk(length)(*loop, self.policy_key)
+     scalars, metrics), ended = self._chunk()(*loop, self.policy_key, jnp.int32(length))
     scalars, ended = jax.device_get((scalars, ended))
     if int(scalars['updates']) > 0:
       self.metrics = metrics
@@ -100,11 +101,12 @@ def random_actions(key: jax.Array, discrete: bool, num_envs: int, size: int) -> 
 
 
 def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, updates_per_step: float,
-          length: int, state, replay_state, carry, env_state, step_data, episode, scalars,
-          metrics, policy_key):
-  """`length` steps of every env, as the module doc says (`updates_per_step`: per env step, as
-  the host loop's). Returns the new loop values and, per step, the envs' `is_last`, episode
-  returns and lengths and the env step counter."""
+          max_length: int, state, replay_state, carry, env_state, step_data, episode, scalars,
+          metrics, policy_key, length):
+  """`length` (<= `max_length`, traced) steps of every env, as the module doc says
+  (`updates_per_step`: per env step, as the host loop's). Returns the new loop values and, per
+  step `[max_length, ...]`, the envs' `is_last`, episode returns and lengths and the env step
+  counter (rows from `length` on are zeros: no env ended there)."""
   n = env.num_envs
   obs_keys = (*env.obs_space, 'is_first')
 
@@ -147,5 +149,15 @@ def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, updates_per_s
             scalars, metrics)
     return loop, ended
 
-  return jax.lax.scan(body, (state, replay_state, carry, env_state, step_data, episode, scalars,
-                             metrics), None, length=length)
+  loop = (state, replay_state, carry, env_state, step_data, episode, scalars, metrics)
+  ended = jax.tree.map(lambda x: jnp.zeros((max_length, *x.shape), x.dtype),
+                       jax.eval_shape(lambda: body(loop, None)[1]))
+
+  def step(values):
+    t, loop, ended = values
+    loop, out = body(loop, None)
+    return t + 1, loop, jax.tree.map(lambda rows, x: rows.at[t].set(x), ended, out)
+
+  _, loop, ended = jax.lax.while_loop(lambda values: values[0] < length, step,
+                                      (jnp.int32(0), loop, ended))
+  return loop, ended
