@@ -150,8 +150,11 @@ def chunk(agent, env: device_envs.DeviceEnv, train_fn, run_config, updates_per_s
     return loop, ended
 
   loop = (state, replay_state, carry, env_state, step_data, episode, scalars, metrics)
+  # One row per step of what `body` reports, shaped as the loop values it comes from (no second
+  # trace of `body`, whose updates hold the whole train step).
   ended = jax.tree.map(lambda x: jnp.zeros((max_length, *x.shape), x.dtype),
-                       jax.eval_shape(lambda: body(loop, None)[1]))
+                       {'is_last': step_data['is_last'], 'returns': episode['returns'],
+                        'lengths': episode['lengths'], 'env_step': scalars['env_step']})
 
   def step(values):
     t, loop, ended = values
