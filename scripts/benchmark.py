@@ -39,14 +39,15 @@ _SEEDS_STEPS = flags.DEFINE_integer('seeds_steps', 2000, 'Env steps per seed (se
 _DYNAMICS_SIZE = flags.DEFINE_string('dynamics_size', 'tiny', 'Size preset of the dynamics '
                                      'benchmark (RSSM vs Transformer).')
 _DYNAMICS_LENGTHS = flags.DEFINE_list('dynamics_lengths', ['64', '256'], 'Sequence lengths T.')
-_LOOP_TASKS = flags.DEFINE_list('loop_tasks', ['CartPole-v1', 'Pong-v5'],
+_LOOP_TASK_NAMES = ('CartPole-v1', 'Pong-v5')
+_LOOP_ACTION_NAMES = ('random', 'policy', 'trained')
+_LOOP_TASKS = flags.DEFINE_list('loop_tasks', list(_LOOP_TASK_NAMES),
                                 'Tasks of the loop benchmark (CartPole-v1 and/or Pong-v5).')
-_LOOP_ACTIONS = flags.DEFINE_list('loop_actions', ['random', 'policy', 'trained'],
+_LOOP_ACTIONS = flags.DEFINE_list('loop_actions', list(_LOOP_ACTION_NAMES),
                                   'Loop benchmark cases: random actions, the policy without '
                                   'updates, the policy with the suite\'s train ratio.')
 
-for _flag, _allowed in ((_LOOP_TASKS, ('CartPole-v1', 'Pong-v5')),
-                        (_LOOP_ACTIONS, ('random', 'policy', 'trained'))):
+for _flag, _allowed in ((_LOOP_TASKS, _LOOP_TASK_NAMES), (_LOOP_ACTIONS, _LOOP_ACTION_NAMES)):
   flags.register_validator(_flag.name, lambda value, allowed=_allowed: set(value) <= set(allowed),
                            f'--{_flag.name} takes a comma-separated subset of '
                            f'{", ".join(_allowed)}')
