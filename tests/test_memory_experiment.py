@@ -170,4 +170,25 @@ def test_world_model_tier_end_to_end(tmp_path):
   assert math.isfinite(result['loss']) and result['seconds_per_update'] > 0
   assert json.load(open(tmp_path / memory_probe.TIER_FILE))['span'] == 3
   text = '\n'.join(memory_table.tier_markdown([result]))
-  assert "| rssm | 3 | 10 |" in text
+  assert "| rssm | 3 | 10 | 1 |" in text
+
+
+def test_world_model_tier_table_aggregates_seeds(tmp_path):
+  def result(seed, dynamics, span, accuracy, context=None):
+    return {'dynamics': dynamics, 'context': context, 'span': span, 'updates': 1000,
+            'seed': seed, 'accuracy': accuracy, 'seconds_per_update': 0.02 + 0.01 * seed,
+            'total_seconds': 60.0 + seed}
+  tiers = [result(0, 'rssm', 30, {'0': 1.0, '15': 0.5, '30': 0.4}),
+           result(1, 'rssm', 30, {'0': 0.9, '15': 0.7, '30': 0.6}),
+           result(0, 'transformer', 30, {'0': 1.0, '15': 1.0, '30': 0.9}, context=31)]
+  text = '\n'.join(memory_table.tier_markdown(tiers))
+  assert ('| rssm | 30 | 1000 | 2 | 0.95 [0.90, 1.00] / 0.60 [0.50, 0.70] / 0.50 [0.40, 0.60] '
+          '| 0.025 | 60 |') in text
+  assert '| transformer (context 31) | 30 | 1000 | 1 | 1.00 / 1.00 / 0.90 | 0.020 | 60 |' in text
+  for index, tier in enumerate(tiers):
+    folder = tmp_path / f'wm_{index}'
+    folder.mkdir()
+    (folder / memory_probe.TIER_FILE).write_text(json.dumps(tier))
+  paths = memory_table.write(str(tmp_path))
+  assert open(paths['world_model_plot'], 'rb').read(4) == b'\x89PNG'
+  assert 'plot' not in paths  # no trained runs, no success plot

@@ -15,7 +15,8 @@ Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the 
   projected at the budget from its rate since training began (marked `~`).
 
 The world-model-only tier (`memory_probe.world_model_tier`, one `memory_world_model.json` per
-folder) gets a table of its own: cue accuracy at delay L per dynamics.
+folder, one per seed) gets a table of its own, seeds aggregated: cue accuracy at delays 0, L/2
+and L per dynamics, and a plot of the accuracy at delay L against L.
 """
 
 from __future__ import annotations
@@ -198,22 +199,79 @@ def tier_label(result: dict) -> str:
   return result['dynamics'] + context
 
 
-def tier_markdown(tiers: list[dict]) -> list[str]:
-  """The world-model-only tier: cue accuracy at 0, L/2 and L per dynamics, and its cost."""
+def tier_groups(tiers: list[dict]) -> dict[tuple[str, int, int], list[dict]]:
+  """Tier results grouped by (dynamics label, span, updates): one entry per seed."""
   grouped = collections.defaultdict(list)
   for result in tiers:
-    grouped[tier_label(result)].append(result)
+    grouped[(tier_label(result), result['span'], result['updates'])].append(result)
+  return grouped
+
+
+def tier_accuracy(results: list[dict]) -> dict[int, list[float]]:
+  """Delay -> the accuracy of each seed that probed it."""
+  by_delay = collections.defaultdict(list)
+  for result in results:
+    for delay, value in result['accuracy'].items():
+      if value is not None:
+        by_delay[int(delay)].append(value)
+  return dict(sorted(by_delay.items()))
+
+
+def tier_markdown(tiers: list[dict]) -> list[str]:
+  """The world-model-only tier: cue accuracy at 0, L/2 and L per dynamics (mean over seeds,
+  with the lowest and highest seed when there are several), and its cost."""
   lines = ['## World model only (random-policy data)', '',
-           '| dynamics | L | updates | accuracy at d = 0 / L/2 / L | s/update | total s |',
-           '|---|---|---|---|---|---|']
-  for label in sorted(grouped):
-    for result in sorted(grouped[label], key=lambda r: r['span']):
-      accuracy = ' / '.join('-' if value is None else f'{value:.2f}'
-                            for _, value in sorted(result['accuracy'].items(),
-                                                   key=lambda item: int(item[0])))
-      lines.append(f'| {label} | {result["span"]} | {result["updates"]} | {accuracy} | '
-                   f'{result["seconds_per_update"]:.3f} | {result["total_seconds"]:.0f} |')
+           'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance): mean '
+           'over seeds [lowest, highest seed].', '',
+           '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | s/update | total s |',
+           '|---|---|---|---|---|---|---|']
+  grouped = tier_groups(tiers)
+  for label, span, updates in sorted(grouped, key=lambda key: (key[0], key[1], key[2])):
+    results = grouped[(label, span, updates)]
+    cells = []
+    for values in tier_accuracy(results).values():
+      spread = f' [{min(values):.2f}, {max(values):.2f}]' if len(values) > 1 else ''
+      cells.append(f'{np.mean(values):.2f}{spread}')
+    seconds = np.mean([result['seconds_per_update'] for result in results])
+    total = np.mean([result['total_seconds'] for result in results])
+    lines.append(f'| {label} | {span} | {updates} | {len(results)} | {" / ".join(cells)} | '
+                 f'{seconds:.3f} | {total:.0f} |')
   return lines + ['']
+
+
+def tier_plot(tiers: list[dict], path: str) -> str:
+  """World-model tier: cue accuracy at delay L against L per dynamics (each seed a dot, the
+  mean a line), PNG."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  fig = Figure(figsize=(6, 4), dpi=100)
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  grouped = tier_groups(tiers)
+  labels = sorted({label for label, _, _ in grouped})
+  for index, label in enumerate(labels):
+    points = []
+    for (other, span, _), results in sorted(grouped.items(), key=lambda item: item[0][1]):
+      values = tier_accuracy(results).get(span, []) if other == label else []
+      if values:
+        points.append((span, float(np.mean(values))))
+        ax.scatter([span] * len(values), values, color=f'C{index}', s=12, alpha=0.5)
+    if points:
+      spans, means = zip(*points, strict=True)
+      ax.plot(spans, means, 'o-', color=f'C{index}', label=label)
+  ax.set_xscale('log')
+  ax.set_xlabel('memory span L (steps)')
+  ax.set_ylabel('cue probe accuracy at delay L')
+  ax.set_ylim(0.3, 1.05)
+  ax.axhline(0.5, color='gray', lw=0.8, ls=':')
+  ax.grid(alpha=0.3)
+  ax.legend(loc='best', fontsize='small')
+  ax.set_title('World model only, random-policy data')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format='png')
+  return path
 
 
 def plot(cells: list[Cell], path: str) -> str:
@@ -247,7 +305,8 @@ def plot(cells: list[Cell], path: str) -> str:
 
 
 def write(root: str, out: str | None = None) -> dict:
-  """Writes `<out>.md` and `<out>.png` (default `<root>/memory_table`); returns the paths."""
+  """Writes `<out>.md`, `<out>.png` and, with tier results, `<out>_world_model.png` (default
+  `<root>/memory_table`); returns the paths."""
   out = out or os.path.join(root, 'memory_table')
   cells, tiers = collect(root), read_tiers(root)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -256,4 +315,6 @@ def write(root: str, out: str | None = None) -> dict:
   paths = {'markdown': f'{out}.md'}
   if any(cell.scores for cell in cells):
     paths['plot'] = plot(cells, f'{out}.png')
+  if tiers:
+    paths['world_model_plot'] = tier_plot(tiers, f'{out}_world_model.png')
   return paths
