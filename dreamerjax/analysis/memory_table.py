@@ -194,9 +194,19 @@ def read_tiers(root: str) -> list[dict]:
   return found
 
 
+TIER_ORDER = ('rssm', 'transformer (context 8)', 'transformer (context L+1)', 'ssm')
+
+
 def tier_label(result: dict) -> str:
-  context = f' (context {result["context"]})' if result.get('context') else ''
-  return result['dynamics'] + context
+  """The dynamics of a tier result, named as its arm is: a context of L + 1 is one series."""
+  context = result.get('context')
+  if not context:
+    return result['dynamics']
+  return f'{result["dynamics"]} (context {"L+1" if context == result["span"] + 1 else context})'
+
+
+def _tier_rank(label: str) -> tuple:
+  return (TIER_ORDER.index(label) if label in TIER_ORDER else len(TIER_ORDER), label)
 
 
 def tier_groups(tiers: list[dict]) -> dict[tuple[str, int, int], list[dict]]:
@@ -226,7 +236,7 @@ def tier_markdown(tiers: list[dict]) -> list[str]:
            '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | s/update | total s |',
            '|---|---|---|---|---|---|---|']
   grouped = tier_groups(tiers)
-  for label, span, updates in sorted(grouped, key=lambda key: (key[0], key[1], key[2])):
+  for label, span, updates in sorted(grouped, key=lambda key: (_tier_rank(key[0]), *key[1:])):
     results = grouped[(label, span, updates)]
     cells = []
     for values in tier_accuracy(results).values():
@@ -240,8 +250,8 @@ def tier_markdown(tiers: list[dict]) -> list[str]:
 
 
 def tier_plot(tiers: list[dict], path: str) -> str:
-  """World-model tier: cue accuracy at delay L against L per dynamics (each seed a dot, the
-  mean a line), PNG."""
+  """World-model tier: cue accuracy at delay L against L per dynamics and update count (each
+  seed a dot, the mean a line; dashed: update counts other than the most common), PNG."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
@@ -249,17 +259,24 @@ def tier_plot(tiers: list[dict], path: str) -> str:
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   grouped = tier_groups(tiers)
-  labels = sorted({label for label, _, _ in grouped})
-  for index, label in enumerate(labels):
+  counts = collections.Counter(updates for _, _, updates in grouped)
+  usual = counts.most_common(1)[0][0]
+  series = sorted({(label, updates) for label, _, updates in grouped},
+                  key=lambda item: (item[1] != usual, _tier_rank(item[0]), item[1]))
+  labels = sorted({label for label, _ in series}, key=_tier_rank)
+  for label, updates in series:
+    color = f'C{labels.index(label)}'
     points = []
-    for (other, span, _), results in sorted(grouped.items(), key=lambda item: item[0][1]):
-      values = tier_accuracy(results).get(span, []) if other == label else []
+    spans = sorted(span for other, span, count in grouped if (other, count) == (label, updates))
+    for span in spans:
+      values = tier_accuracy(grouped[(label, span, updates)]).get(span, [])
       if values:
         points.append((span, float(np.mean(values))))
-        ax.scatter([span] * len(values), values, color=f'C{index}', s=12, alpha=0.5)
+        ax.scatter([span] * len(values), values, color=color, s=12, alpha=0.5)
     if points:
       spans, means = zip(*points, strict=True)
-      ax.plot(spans, means, 'o-', color=f'C{index}', label=label)
+      ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
+              label=f'{label}, {updates} updates')
   ax.set_xscale('log')
   ax.set_xlabel('memory span L (steps)')
   ax.set_ylabel('cue probe accuracy at delay L')
