@@ -122,7 +122,10 @@ def test_elapsed_steps_and_sign_accuracy():
   first = np.array([[True, False, False, True, False], [False, True, False, False, False]])
   np.testing.assert_array_equal(memory_probe.elapsed_steps(first),
                                 [[0, 1, 2, 0, 1], [0, 0, 1, 2, 3]])
-  assert memory_probe.sign_accuracy([0.3, -2.0, 0.0, 1.0], [1, -1, 1, -1]) == 0.5
+  # right, right, a tie (one half), wrong
+  assert memory_probe.sign_accuracy([0.3, -2.0, 0.0, 1.0], [1, -1, 1, -1]) == 0.625
+  # a probe that learned nothing predicts its balanced training mean, exactly 0: chance, not 0
+  assert memory_probe.sign_accuracy(np.zeros(6), [1, -1, 1, -1, 1, -1]) == 0.5
 
 
 def write_run(folder, task, arm, scores_by_seed, budget=1000):

@@ -43,10 +43,12 @@ def elapsed_steps(is_first: np.ndarray) -> np.ndarray:
 
 
 def sign_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
-  """Share of entries where the signs of `prediction` and the ±1 `target` agree (0 counts as a
-  wrong sign)."""
+  """Share of entries where the signs of `prediction` and the ±1 `target` agree; a prediction of
+  exactly 0 is a tie and counts one half. (A probe that learned nothing predicts its training
+  mean, which is exactly 0 on a balanced training set: its score is then 0.5, chance, not 0.)"""
   prediction, target = np.ravel(prediction), np.ravel(target)
-  return float(np.mean(np.sign(prediction) == np.sign(target)))
+  agree = np.where(prediction == 0, 0.5, np.sign(prediction) == np.sign(target))
+  return float(np.mean(agree))
 
 
 def cue_accuracy(world_model, params, data: dict, delays, key: jax.Array,
