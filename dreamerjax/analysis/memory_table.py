@@ -255,7 +255,7 @@ def tier_plot(tiers: list[dict], path: str) -> str:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(6, 4), dpi=100)
+  fig = Figure(figsize=(9, 4), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   grouped = tier_groups(tiers)
@@ -283,7 +283,7 @@ def tier_plot(tiers: list[dict], path: str) -> str:
   ax.set_ylim(0.3, 1.05)
   ax.axhline(0.5, color='gray', lw=0.8, ls=':')
   ax.grid(alpha=0.3)
-  ax.legend(loc='best', fontsize='small')
+  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   ax.set_title('World model only, random-policy data')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -296,7 +296,7 @@ def plot(cells: list[Cell], path: str) -> str:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(6, 4), dpi=100)
+  fig = Figure(figsize=(9, 4), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   arms = [arm for arm in experiment().ARMS if any(cell.arm == arm for cell in cells)]
@@ -314,7 +314,7 @@ def plot(cells: list[Cell], path: str) -> str:
   ax.set_ylim(-0.05, 1.05)
   ax.axhline(0.5, color='gray', lw=0.8, ls=':')
   ax.grid(alpha=0.3)
-  ax.legend(loc='best', fontsize='small')
+  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format='png')
