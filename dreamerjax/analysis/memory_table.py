@@ -249,26 +249,43 @@ def tier_markdown(tiers: list[dict]) -> list[str]:
   return lines + ['']
 
 
-def tier_plot(tiers: list[dict], path: str) -> str:
-  """World-model tier: cue accuracy at delay L against L per dynamics and update count (each
-  seed a dot, the mean a line; dashed: update counts other than the most common), PNG."""
+def _span_axes():
+  """A figure with one axes for a quantity against the memory span L (log scale)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
   fig = Figure(figsize=(9, 4), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
+  ax.set_xscale('log')
+  ax.set_xlabel('memory span L (steps)')
+  ax.axhline(0.5, color='gray', lw=0.8, ls=':')  # chance, for success and cue accuracy alike
+  ax.grid(alpha=0.3)
+  return fig, ax
+
+
+def _save(fig, ax, path: str) -> str:
+  """The legend beside the axes, then `fig` as a PNG at `path`."""
+  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, format='png')
+  return path
+
+
+def tier_plot(tiers: list[dict], path: str) -> str:
+  """World-model tier: cue accuracy at delay L against L per dynamics and update count (each
+  seed a dot, the mean a line; dashed: update counts other than the most common), PNG."""
+  fig, ax = _span_axes()
   grouped = tier_groups(tiers)
-  counts = collections.Counter(updates for _, _, updates in grouped)
-  usual = counts.most_common(1)[0][0]
+  usual = collections.Counter(updates for _, _, updates in grouped).most_common(1)[0][0]
   series = sorted({(label, updates) for label, _, updates in grouped},
                   key=lambda item: (item[1] != usual, _tier_rank(item[0]), item[1]))
   labels = sorted({label for label, _ in series}, key=_tier_rank)
   for label, updates in series:
     color = f'C{labels.index(label)}'
     points = []
-    spans = sorted(span for other, span, count in grouped if (other, count) == (label, updates))
-    for span in spans:
+    for span in sorted(span for key, span, count in grouped if (key, count) == (label, updates)):
       values = tier_accuracy(grouped[(label, span, updates)]).get(span, [])
       if values:
         points.append((span, float(np.mean(values))))
@@ -277,28 +294,15 @@ def tier_plot(tiers: list[dict], path: str) -> str:
       spans, means = zip(*points, strict=True)
       ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
               label=f'{label}, {updates} updates')
-  ax.set_xscale('log')
-  ax.set_xlabel('memory span L (steps)')
   ax.set_ylabel('cue probe accuracy at delay L')
   ax.set_ylim(0.3, 1.05)
-  ax.axhline(0.5, color='gray', lw=0.8, ls=':')
-  ax.grid(alpha=0.3)
-  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   ax.set_title('World model only, random-policy data')
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format='png')
-  return path
+  return _save(fig, ax, path)
 
 
 def plot(cells: list[Cell], path: str) -> str:
   """Success against L per arm (mean over seeds, bootstrap interval as error bars), PNG."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-
-  fig = Figure(figsize=(9, 4), dpi=100)
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
+  fig, ax = _span_axes()
   arms = [arm for arm in experiment().ARMS if any(cell.arm == arm for cell in cells)]
   for index, arm in enumerate(arms):
     points = sorted((cell.span, cell.mean, *bootstrap_interval(cell.scores))
@@ -308,17 +312,9 @@ def plot(cells: list[Cell], path: str) -> str:
     spans, means, lows, highs = (np.asarray(column) for column in zip(*points, strict=True))
     ax.errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-', capsize=3,
                 color=f'C{index}', label=arm)
-  ax.set_xscale('log')
-  ax.set_xlabel('memory span L (steps)')
   ax.set_ylabel(f'success ({SUCCESS_KEY})')
   ax.set_ylim(-0.05, 1.05)
-  ax.axhline(0.5, color='gray', lw=0.8, ls=':')
-  ax.grid(alpha=0.3)
-  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, format='png')
-  return path
+  return _save(fig, ax, path)
 
 
 def write(root: str, out: str | None = None) -> dict:
