@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -144,6 +145,29 @@ def write_run(folder, task, arm, scores_by_seed, budget=1000):
                             'eval/success': early if step == 500 else late}) + '\n')
 
 
+def test_reward_choice_accuracy_of_an_untrained_model_is_chance():
+  # The twohot reward head starts at zero weights: every prediction is exactly 0, so every
+  # answer and every choice is a tie worth one half, on whatever streams.
+  config = configs.resolve(EXPERIMENT.get_config('task=CueRecall-3,arm=rssm,debug'))
+  env = memory.CueRecall(length=3)
+  agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
+  params = agent.world_model.init(jax.random.key(0))
+  data = memory_probe.random_streams(env, num_envs=6, steps=40, seed=0)
+  scores = memory_probe.reward_choice_accuracy(agent.world_model, params, data, 3,
+                                               jax.random.key(1))
+  assert scores == {'observed': 0.5, 'imagined': 0.5}
+  assert memory_probe.reward_choice_accuracy(agent.world_model, params, data, 50,
+                                             jax.random.key(1))['imagined'] is None
+
+
+def test_choice_accuracy_by_hand():
+  values = np.array([[0.2, 0.9], [0.5, -1.0], [0.3, 0.3], [1.0, 0.0]])
+  # right action valued higher, higher, tied, lower
+  assert memory_probe.choice_accuracy(values, [1, 0, 0, 1]) == pytest.approx(2.5 / 4)
+  three = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 2.0]])
+  assert memory_probe.choice_accuracy(three, [1, 0]) == 0.5  # beaten by action 2; top
+
+
 def test_table_from_run_folders(tmp_path):
   root = tmp_path / 'memory'
   write_run(root / 'a', 'CueRecall-5', 'rssm', [(0.5, 1.0), (0.95, 1.0), (0.5, 0.5)])
@@ -171,6 +195,7 @@ def test_world_model_tier_end_to_end(tmp_path):
   assert set(result['accuracy']) == {'0', '3'}
   assert all(0.0 <= value <= 1.0 for value in result['accuracy'].values())
   assert math.isfinite(result['loss']) and result['seconds_per_update'] > 0
+  assert all(0.0 <= value <= 1.0 for value in result['reward_accuracy'].values())
   assert json.load(open(tmp_path / memory_probe.TIER_FILE))['span'] == 3
   text = '\n'.join(memory_table.tier_markdown([result]))
   assert "| rssm | 3 | 10 | 1 |" in text

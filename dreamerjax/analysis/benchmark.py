@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamerjax.agents.agent import Agent
+from dreamerjax.analysis.conv_timing import conv_shapes
 from dreamerjax.analysis.flops import matmul_flops, matmul_peak
 from dreamerjax.models import nets
 from dreamerjax.run import allocator, configs, logger, parallel, train
@@ -388,20 +389,6 @@ def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,
   return record
 
 
-def conv_shapes(depth: int, multipliers=(2, 3, 4, 4), size: int = 64,
-                channels: int = 3) -> list[dict]:
-  """The stride-1 convolutions of `arch=public2024` at width `depth`: the encoder's (input size,
-  channels in, out), then the decoder's, each convolving after a 2x upsampling."""
-  widths = [depth * m for m in multipliers]
-  encoder = [dict(part='encoder', size=size >> i, inputs=c_in, outputs=c_out)
-             for i, (c_in, c_out) in enumerate(zip([channels] + widths[:-1], widths, strict=True))]
-  reverse = widths[::-1]
-  decoder = [dict(part='decoder', size=size >> (len(widths) - 1 - i), inputs=c_in,
-                  outputs=c_out) for i, (c_in, c_out) in
-             enumerate(zip(reverse, reverse[1:] + [channels], strict=True))]
-  return encoder + decoder
-
-
 def conv_profile(depth: int, frames: int = 1024, kernel: int = 5, impls=('lax', 'rows', 'patch'),
                  repeats: int = 3) -> list[dict]:
   """Forward plus backward seconds of each stride-1 `kernel` convolution of `arch=public2024`
@@ -416,18 +403,21 @@ def conv_profile(depth: int, frames: int = 1024, kernel: int = 5, impls=('lax', 
     weights = jax.random.normal(jax.random.key(1), (kernel, kernel, c, o)) / (kernel * c ** 0.5)
     cotangent = jax.random.normal(jax.random.key(2), (frames, n, n, o))
     argnums = (1,) if shape['part'] == 'encoder' and c == 3 else (0, 1)
+    # The cotangent is an argument: closed over, it is a constant that XLA folds into the
+    # program (transposes of the whole array at compile time, and out of memory at 12m).
     grads = {name: jax.jit(jax.grad(
-        lambda x, w, impl=name, g=cotangent: jnp.vdot(nets.same_conv(x, w, impl), g), argnums))
+        lambda x, w, g, impl=name: jnp.vdot(nets.same_conv(x, w, impl), g), argnums))
         for name in impls}
     for grad in grads.values():
-      jax.block_until_ready(grad(x, weights))
+      jax.block_until_ready(grad(x, weights, cotangent))
     calls = {name: [] for name in impls}
     for _ in range(repeats):
       for name, grad in grads.items():
         start = time.perf_counter()
-        jax.block_until_ready(grad(x, weights))
+        jax.block_until_ready(grad(x, weights, cotangent))
         calls[name].append(time.perf_counter() - start)
+    flops = matmul_flops(grads['lax'], x, weights, cotangent) if 'lax' in grads else None
     records.append({**shape, 'frames': frames, 'kernel': kernel, 'load_average': os.getloadavg(),
-                    'counted_flops': matmul_flops(grads['lax'], x, weights) if 'lax' in grads
-                    else None, 'calls_s': calls, 'min_s': {k: min(v) for k, v in calls.items()}})
+                    'counted_flops': flops, 'calls_s': calls,
+                    'min_s': {k: min(v) for k, v in calls.items()}})
   return records

@@ -78,6 +78,65 @@ def cue_accuracy(world_model, params, data: dict, delays, key: jax.Array,
   return scores
 
 
+def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.Array,
+                           chunk: int = 4) -> dict[str, float | None]:
+  """Whether the world model knows what the answer is worth, which is what the actor learns from.
+
+  `observed`: the share of steps with a nonzero reward (the answers) whose predicted reward, from
+  the filtered features, has the reward's sign. `imagined`: from the filtered state at each query
+  step (`span` steps into an episode), one imagined step per action; the share where the action
+  that names the cue gets the higher predicted reward (a tie counts one half). `data` as for
+  `cue_accuracy`; episodes count from the streams' first step. None where no such step exists."""
+  dynamics = world_model.dynamics
+  obs = {k: jnp.asarray(v) for k, v in data.items()}
+  num_envs = obs['is_first'].shape[0]
+  is_first = obs['is_first'].at[:, 0].set(True)
+  actions = obs['action'].shape[-1]
+  query = jnp.asarray(elapsed_steps(data['is_first']) == span)
+
+  @jax.jit
+  def score(part, first, key):
+    observe_key, imagine_key = jax.random.split(key)
+    _, features, _, _ = dynamics.observe(params['dynamics'], dynamics.initial(first.shape[0]),
+                                         world_model.encode(params, part), part['action'],
+                                         first, observe_key)
+    reward = world_model.reward(params, features)
+    if hasattr(dynamics, 'start_states'):
+      starts = dynamics.start_states(params['dynamics'], features, part['action'], first)
+    else:
+      starts = dynamics.state_from_features(features.reshape(-1, features.shape[-1]))
+    imagined = []
+    for action in range(actions):
+      onehot = jnp.broadcast_to(jax.nn.one_hot(action, actions), (first.size, actions))
+      carry, _ = dynamics.img_step(params['dynamics'], starts, onehot, imagine_key)
+      imagined.append(world_model.reward(params, dynamics.features(carry)))
+    return reward, jnp.stack(imagined, -1).reshape(*first.shape, actions)
+
+  predicted, answers, values, rights = [], [], [], []
+  for start in range(0, num_envs, chunk):
+    part = jax.tree.map(lambda x, s=start: x[s:s + chunk], obs)
+    reward, imagined = map(np.asarray, score(part, is_first[start:start + chunk],
+                                             jax.random.fold_in(key, start)))
+    true = np.asarray(part['reward'])
+    predicted.append(reward[true != 0])
+    answers.append(true[true != 0])
+    at = np.asarray(query[start:start + chunk])
+    values.append(imagined[at])
+    rights.append((np.asarray(part[CUE])[..., 0] > 0).astype(np.int64)[at])
+  answers, rights = np.concatenate(answers), np.concatenate(rights)
+  return {'observed': sign_accuracy(np.concatenate(predicted), answers) if answers.size else None,
+          'imagined': choice_accuracy(np.concatenate(values), rights) if rights.size else None}
+
+
+def choice_accuracy(values: np.ndarray, right: np.ndarray) -> float:
+  """Share of rows of `values [M, A]` (a predicted value per action) whose `right [M]` action is
+  valued above every other; a tie for the top with it counts one half (A = 2)."""
+  values, right = np.asarray(values, np.float64), np.asarray(right)
+  own = values[np.arange(len(right)), right]
+  others = np.max(np.where(np.eye(values.shape[1], dtype=bool)[right], -np.inf, values), 1)
+  return float(np.mean(np.where(own == others, 0.5, own > others)))
+
+
 # ----------------------------------------------------------------------------- trained runs
 
 
@@ -205,11 +264,14 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   probe_start = time.perf_counter()
   accuracy = cue_accuracy(agent.world_model, params, probe_data, delays,
                           jax.random.key(seed + 2), probe_steps)
+  reward = reward_choice_accuracy(agent.world_model, params, probe_data, span,
+                                  jax.random.key(seed + 3))
   result = {'task': config.task, 'dynamics': config.model.dynamics, 'context': config.model.context
             if config.model.dynamics == 'transformer' else None, 'span': span,
             'updates': updates, 'batch_size': config.run.batch_size,
             'batch_length': config.run.batch_length, 'envs': num_envs, 'steps': steps,
             'seed': seed, 'accuracy': {str(d): v for d, v in accuracy.items()},
+            'reward_accuracy': reward,
             **cost, 'probe_seconds': time.perf_counter() - probe_start,
             'total_seconds': time.perf_counter() - start}
   if out_dir:
