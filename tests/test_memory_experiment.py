@@ -209,13 +209,20 @@ def test_world_model_tier_table_aggregates_seeds(tmp_path):
   tiers = [result(0, 'rssm', 30, {'0': 1.0, '15': 0.5, '30': 0.4}),
            result(1, 'rssm', 30, {'0': 0.9, '15': 0.7, '30': 0.6}),
            result(0, 'transformer', 30, {'0': 1.0, '15': 1.0, '30': 0.9}, context=31),
-           result(0, 'transformer', 30, {'0': 1.0, '15': 0.5, '30': 0.5}, context=8)]
+           result(0, 'transformer', 30, {'0': 1.0, '15': 0.5, '30': 0.5}, context=8),
+           result(0, 'ssm', 30, {'0': 1.0, '15': 0.5, '30': 0.5}),
+           {**result(0, 'rssm', 30, {'0': 1.0, '15': 1.0, '30': 1.0}),
+            'task': 'jax:CueRecallOracle-30'}]
+  tiers[0]['reward_accuracy'] = {'observed': 0.5, 'imagined': 0.6}
+  tiers[1]['reward_accuracy'] = {'observed': 0.5, 'imagined': 0.4}
   text = '\n'.join(memory_table.tier_markdown(tiers))
   assert ('| rssm | 30 | 1000 | 2 | 0.95 [0.90, 1.00] / 0.60 [0.50, 0.70] / 0.50 [0.40, 0.60] '
-          '| 0.025 | 60 |') in text
-  assert "| transformer (context L+1) | 30 | 1000 | 1 | 1.00 / 1.00 / 0.90 | 0.020 | 60 |" in text
-  order = [text.index(f'| {label} |') for label in memory_table.TIER_ORDER[:3]]
-  assert order == sorted(order)  # rssm, the context-8 control, the L+1 Transformer
+          '| 0.50 [0.40, 0.60] | 0.025 | 60 |') in text
+  assert ("| transformer (context L+1) | 30 | 1000 | 1 | 1.00 / 1.00 / 0.90 | - | 0.020 | 60 |"
+          in text)  # a result written before the reward choice was measured
+  assert '| oracle (rssm, cue in every step) | 30 | 1000 | 1 | 1.00 / 1.00 / 1.00 |' in text
+  order = [text.index(f'| {label} |') for label in memory_table.TIER_ORDER]
+  assert order == sorted(order)  # rssm, the context-8 control, the L+1 Transformer, ssm, oracle
   tiers.append({**tiers[0], 'updates': 4000})  # a longer-trained series is drawn beside
   for index, tier in enumerate(tiers):
     folder = tmp_path / f'wm_{index}'

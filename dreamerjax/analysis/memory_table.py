@@ -194,11 +194,14 @@ def read_tiers(root: str) -> list[dict]:
   return found
 
 
-TIER_ORDER = ('rssm', 'transformer (context 8)', 'transformer (context L+1)', 'ssm')
+TIER_ORDER = ('rssm', 'transformer (context 8)', 'transformer (context L+1)', 'ssm',
+              'oracle (rssm, cue in every step)')
 
 
 def tier_label(result: dict) -> str:
   """The dynamics of a tier result, named as its arm is: a context of L + 1 is one series."""
+  if 'Oracle' in result.get('task', ''):
+    return f'oracle ({result["dynamics"]}, cue in every step)'
   context = result.get('context')
   if not context:
     return result['dynamics']
@@ -227,25 +230,35 @@ def tier_accuracy(results: list[dict]) -> dict[int, list[float]]:
   return dict(sorted(by_delay.items()))
 
 
+def _spread(values: list[float]) -> str:
+  """`mean [lowest, highest]` of per-seed values (the mean alone for one seed; '-' for none)."""
+  if not values:
+    return '-'
+  spread = f' [{min(values):.2f}, {max(values):.2f}]' if len(values) > 1 else ''
+  return f'{np.mean(values):.2f}{spread}'
+
+
 def tier_markdown(tiers: list[dict]) -> list[str]:
-  """The world-model-only tier: cue accuracy at 0, L/2 and L per dynamics (mean over seeds,
-  with the lowest and highest seed when there are several), and its cost."""
+  """The world-model-only tier: cue accuracy at 0, L/2 and L and the reward choice per dynamics
+  (mean over seeds, with the lowest and highest seed when there are several), and its cost."""
   lines = ['## World model only (random-policy data)', '',
-           'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance): mean '
-           'over seeds [lowest, highest seed].', '',
-           '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | s/update | total s |',
-           '|---|---|---|---|---|---|---|']
+           'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance); reward '
+           'choice: the share of query steps where one imagined step values the answer that names '
+           'the cue above the other (`memory_probe.reward_choice_accuracy`; 0.5 is chance, what '
+           'the actor can learn from); mean over seeds [lowest, highest seed].', '',
+           '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | reward choice | '
+           's/update | total s |',
+           '|---|---|---|---|---|---|---|---|']
   grouped = tier_groups(tiers)
   for label, span, updates in sorted(grouped, key=lambda key: (_tier_rank(key[0]), *key[1:])):
     results = grouped[(label, span, updates)]
-    cells = []
-    for values in tier_accuracy(results).values():
-      spread = f' [{min(values):.2f}, {max(values):.2f}]' if len(values) > 1 else ''
-      cells.append(f'{np.mean(values):.2f}{spread}')
+    cells = [_spread(values) for values in tier_accuracy(results).values()]
+    choice = _spread([result['reward_accuracy']['imagined'] for result in results
+                      if (result.get('reward_accuracy') or {}).get('imagined') is not None])
     seconds = np.mean([result['seconds_per_update'] for result in results])
     total = np.mean([result['total_seconds'] for result in results])
     lines.append(f'| {label} | {span} | {updates} | {len(results)} | {" / ".join(cells)} | '
-                 f'{seconds:.3f} | {total:.0f} |')
+                 f'{choice} | {seconds:.3f} | {total:.0f} |')
   return lines + ['']
 
 

@@ -1,0 +1,166 @@
+"""Where a compiled program's time goes, by op family, from a profiler trace of XLA:CPU.
+
+`profile(fn, *args)` runs the jitted `fn` under `jax.profiler.trace` and reads the Perfetto trace
+that it writes: every event that names an HLO instruction (`args.hlo_op`) is one op execution. An
+op's own time is its duration less that of the ops nested in it on the same thread (a `while`
+contains its body's ops). Each instruction is put in a family by its opcode in the compiled HLO
+(`compiled.as_text()`), a fusion by what its fused computation holds: convolution, matrix product,
+reduction, else elementwise. Op times on different threads overlap (XLA:CPU runs independent ops
+at once), so the families are shares of summed op time, not of wall time.
+
+    python -c "from dreamerjax.analysis import op_profile as p; print(p.train_step_profile('12m'))"
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import tempfile
+import time
+
+import jax
+
+FAMILIES = ('convolution', 'matrix product', 'reduction', 'elementwise fusion', 'data movement',
+            'loop control', 'other')
+_MOVEMENT = {'copy', 'transpose', 'concatenate', 'slice', 'dynamic-slice', 'dynamic-update-slice',
+             'pad', 'gather', 'scatter', 'broadcast', 'reshape', 'bitcast', 'reverse', 'iota',
+             'copy-start', 'copy-done', 'tuple', 'get-tuple-element', 'parameter', 'constant'}
+_CONTROL = {'while', 'conditional', 'call'}
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(')
+_CALLS = re.compile(r'calls=%?([\w.\-]+)')
+_COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+
+
+def hlo_families(hlo_text: str) -> dict[str, str]:
+  """`{instruction name: family}` for every instruction of a compiled module's HLO text."""
+  computations: dict[str, list[tuple[str, str, str]]] = collections.defaultdict(list)
+  current = None
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    if match and current is not None:
+      computations[current].append((match.group(1), match.group(2), line))
+      continue
+    header = _COMPUTATION.match(line)
+    if header and '=' not in line.split('{')[0]:
+      current = header.group(1)
+
+  def contents(name: str, seen: set) -> set[str]:
+    """Opcodes of a computation and of the computations it calls."""
+    if name in seen:
+      return set()
+    seen.add(name)
+    found = set()
+    for _, opcode, line in computations.get(name, ()):
+      found.add(opcode)
+      for called in _CALLS.findall(line):
+        found |= contents(called, seen)
+    return found
+
+  families = {}
+  for instructions in computations.values():
+    for name, opcode, line in instructions:
+      if opcode == 'fusion':
+        called = _CALLS.findall(line)
+        inside = contents(called[0], set()) if called else set()
+        families[name] = ('convolution' if 'convolution' in inside else
+                          'matrix product' if 'dot' in inside else
+                          'reduction' if inside & {'reduce', 'reduce-window'} else
+                          'data movement' if inside and inside <= _MOVEMENT else
+                          'elementwise fusion')
+      elif opcode == 'convolution':
+        families[name] = 'convolution'
+      elif opcode == 'dot':
+        families[name] = 'matrix product'
+      elif opcode in ('reduce', 'reduce-window', 'select-and-scatter'):
+        families[name] = 'reduction'
+      elif opcode in _MOVEMENT:
+        families[name] = 'data movement'
+      elif opcode in _CONTROL:
+        families[name] = 'loop control'
+      else:
+        families[name] = 'other'
+  return families
+
+
+def own_times(events: list[dict]) -> dict[str, float]:
+  """`{hlo_op: summed own seconds}` of Perfetto 'X' events that carry `args.hlo_op`: each
+  event's duration less that of the op events nested inside it on the same thread."""
+  by_thread = collections.defaultdict(list)
+  for event in events:
+    if event.get('ph') == 'X' and 'hlo_op' in event.get('args', {}):
+      by_thread[event['tid']].append(event)
+  totals: dict[str, float] = collections.defaultdict(float)
+  for thread_events in by_thread.values():
+    thread_events.sort(key=lambda e: (e['ts'], -e['dur']))
+    stack: list[list] = []  # [end, name, own]
+
+    def close(entry):
+      totals[entry[1]] += entry[2] * 1e-6
+
+    for event in thread_events:
+      start, end = event['ts'], event['ts'] + event['dur']
+      while stack and stack[-1][0] <= start:
+        close(stack.pop())
+      if stack:
+        stack[-1][2] -= event['dur']
+      stack.append([end, event['args']['hlo_op'], event['dur']])
+    while stack:
+      close(stack.pop())
+  return dict(totals)
+
+
+def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
+  """Compiles `jax.jit(fn)`, runs it twice untraced (the second call's seconds are `wall_s`),
+  then `calls` times under the profiler.
+
+  Returns `{'wall_s', 'op_s', 'families': {family: {'seconds', 'share'}}, 'top_ops': [...]}`,
+  seconds per call (`op_s` summed op time; `share` of `op_s`)."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  families = hlo_families(compiled.as_text())
+  jax.block_until_ready(compiled(*args))
+  start = time.perf_counter()
+  jax.block_until_ready(compiled(*args))
+  wall = time.perf_counter() - start  # untraced: starting the trace and writing it take seconds
+  log_dir = log_dir or tempfile.mkdtemp(prefix='op_profile_')
+  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+    for _ in range(calls):
+      jax.block_until_ready(compiled(*args))
+  paths = sorted(glob.glob(os.path.join(log_dir, '**', 'perfetto_trace.json.gz'), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    raise RuntimeError(f'the profiler wrote no perfetto_trace.json.gz under {log_dir}')
+  with gzip.open(paths[-1], 'rt') as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  ops = {name: seconds / calls for name, seconds in own_times(events).items()}
+  return summarize(ops, families, wall)
+
+
+def summarize(ops: dict[str, float], families: dict[str, str], wall: float) -> dict:
+  """Per-family seconds and shares of `ops` (`{hlo_op: seconds}`), and the ten longest ops."""
+  total = sum(ops.values())
+  by_family = collections.defaultdict(float)
+  for name, seconds in ops.items():
+    by_family[families.get(name, 'other')] += seconds
+  return {'wall_s': wall, 'op_s': total,
+          'families': {family: {'seconds': by_family[family],
+                                'share': by_family[family] / total if total else 0.0}
+                       for family in FAMILIES if family in by_family},
+          'top_ops': [{'op': name, 'family': families.get(name, 'other'), 'seconds': seconds}
+                      for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])[:10]]}
+
+
+def train_step_profile(size: str = '12m', obs: str = 'image', arch: str = 'paper',
+                       batch: int = 16, length: int = 64, calls: int = 1) -> dict:
+  """`profile` of the agent's train step at `size` (the `benchmark.side_record` setup: 17
+  actions, a synthetic batch)."""
+  from dreamerjax.analysis import benchmark
+  agent = benchmark.bench_agent(size, obs, model={'arch': arch})
+  state = jax.jit(agent.init)(jax.random.key(0))
+  data = benchmark.synthetic_batch(benchmark.OBS_SPACES[obs], batch, length, 17)
+  return {'size': size, 'obs': obs, 'arch': arch, 'batch': [batch, length],
+          **profile(agent.train_step, state, data, calls=calls)}

@@ -1,0 +1,43 @@
+"""Op-family profile: own time of nested op events, opcode families from compiled HLO, and one
+traced program end to end."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dreamerjax.analysis import op_profile
+
+
+def _event(tid, ts, dur, op):
+  return {'ph': 'X', 'tid': tid, 'ts': ts, 'dur': dur, 'name': op, 'args': {'hlo_op': op}}
+
+
+def test_own_times_subtract_nested_ops_per_thread():
+  events = [_event(1, 0, 100, 'while.1'), _event(1, 10, 30, 'dot.2'), _event(1, 50, 20, 'dot.2'),
+            _event(2, 5, 40, 'fusion.3'),  # another thread: overlaps in time, not nested
+            {'ph': 'X', 'tid': 1, 'ts': 0, 'dur': 500, 'name': 'PjitFunction(f)', 'args': {}}]
+  times = op_profile.own_times(events)
+  assert times == pytest.approx({'while.1': 50e-6, 'dot.2': 50e-6, 'fusion.3': 40e-6})
+
+
+def test_hlo_families_of_a_compiled_program():
+  def fn(x, w, k):
+    y = jnp.tanh(x @ w)
+    image = jax.lax.conv_general_dilated(y.reshape(1, 8, 8, 1), k, (1, 1), 'SAME',
+                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(image) + jnp.max(y)
+  args = (jnp.ones((8, 8)), jnp.ones((8, 8)), jnp.ones((3, 3, 1, 2)))
+  families = op_profile.hlo_families(jax.jit(fn).lower(*args).compile().as_text())
+  found = set(families.values())
+  assert {'matrix product', 'convolution'} <= found
+  assert found <= set(op_profile.FAMILIES)
+
+
+def test_profile_traces_a_program(tmp_path):
+  fn = lambda x, w: jnp.sum(jnp.tanh(x @ w) @ w)  # noqa: E731
+  result = op_profile.profile(fn, jnp.ones((256, 256)), jnp.ones((256, 256)), calls=2,
+                              log_dir=str(tmp_path))
+  assert result['op_s'] > 0 and result['wall_s'] > 0
+  assert result['families']['matrix product']['seconds'] > 0
+  assert abs(sum(f['share'] for f in result['families'].values()) - 1.0) < 1e-6
+  assert result['top_ops'][0]['seconds'] >= result['top_ops'][-1]['seconds']
