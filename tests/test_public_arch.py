@@ -101,3 +101,18 @@ def test_counted_flops_include_convolutions_and_skip_dead_code():
     unused = x.reshape(2, -1) @ jnp.ones((192, 1000))  # noqa: F841 (dead: no output uses it)
     return y
   assert flops.matmul_flops(f, x, kernel) == 2 * (2 * 8 * 8 * 4) * (5 * 5 * 3)
+
+
+def test_conv_layers_and_their_timings_at_a_tiny_width():
+  from dreamerjax.analysis import conv_timing
+  shapes = conv_timing.conv_shapes(1)
+  assert [(s['part'], s['size'], s['inputs'], s['outputs']) for s in shapes] == [
+      ('encoder', 64, 3, 2), ('encoder', 32, 2, 3), ('encoder', 16, 3, 4), ('encoder', 8, 4, 4),
+      ('decoder', 8, 4, 4), ('decoder', 16, 4, 3), ('decoder', 32, 3, 2), ('decoder', 64, 2, 3)]
+  argnums = [arrays[-1] for arrays in conv_timing.layer_arrays(1, frames=2, kernel=5)]
+  assert argnums == [(1,)] + [(0, 1)] * 7  # the image layer's input needs no gradient
+  result = conv_timing.time_layers(depth=1, frames=2, repeats=1)
+  assert result['jax'] == jax.__version__ and len(result['layers']) == 8
+  assert all(r['forward_s'] > 0 and r['gradient_s'] > 0 for r in result['layers'])
+  records = benchmark.conv_profile(1, frames=2, impls=('lax', 'rows'), repeats=1)
+  assert all(set(r['min_s']) == {'lax', 'rows'} and r['counted_flops'] > 0 for r in records)

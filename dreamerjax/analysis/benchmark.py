@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamerjax.agents.agent import Agent
-from dreamerjax.analysis.conv_timing import conv_shapes
+from dreamerjax.analysis.conv_timing import layer_arrays
 from dreamerjax.analysis.flops import matmul_flops, matmul_peak
 from dreamerjax.models import nets
 from dreamerjax.run import allocator, configs, logger, parallel, train
@@ -397,14 +397,7 @@ def conv_profile(depth: int, frames: int = 1024, kernel: int = 5, impls=('lax', 
   alike), after one warm-up call each; the record keeps each one's calls and their minimum. The
   first encoder layer differentiates the kernel only (the image needs no gradient)."""
   records = []
-  for shape in conv_shapes(depth):
-    n, c, o = shape['size'], shape['inputs'], shape['outputs']
-    x = jax.random.normal(jax.random.key(0), (frames, n, n, c))
-    weights = jax.random.normal(jax.random.key(1), (kernel, kernel, c, o)) / (kernel * c ** 0.5)
-    cotangent = jax.random.normal(jax.random.key(2), (frames, n, n, o))
-    argnums = (1,) if shape['part'] == 'encoder' and c == 3 else (0, 1)
-    # The cotangent is an argument: closed over, it is a constant that XLA folds into the
-    # program (transposes of the whole array at compile time, and out of memory at 12m).
+  for shape, x, weights, cotangent, argnums in layer_arrays(depth, frames, kernel):
     grads = {name: jax.jit(jax.grad(
         lambda x, w, g, impl=name: jnp.vdot(nets.same_conv(x, w, impl), g), argnums))
         for name in impls}

@@ -36,6 +36,19 @@ def conv_shapes(depth: int, multipliers=(2, 3, 4, 4), size: int = 64,
   return encoder + decoder
 
 
+def layer_arrays(depth: int, frames: int, kernel: int):
+  """Per layer of `conv_shapes(depth)`: `(shape, x, w, cotangent, argnums)`, random arrays of
+  `frames` frames; `argnums` the arguments to differentiate (the kernel only at the image layer,
+  whose input needs no gradient). Pass every array as an argument: an array closed over is a
+  constant that XLA folds into the program (whole-array transposes at compile time)."""
+  for index, shape in enumerate(conv_shapes(depth)):
+    n, c, o = shape['size'], shape['inputs'], shape['outputs']
+    x = jax.random.normal(jax.random.key(0), (frames, n, n, c))
+    w = jax.random.normal(jax.random.key(1), (kernel, kernel, c, o)) / (kernel * c ** 0.5)
+    cotangent = jax.random.normal(jax.random.key(2), (frames, n, n, o))
+    yield shape, x, w, cotangent, ((1,) if index == 0 else (0, 1))
+
+
 def lax_conv(x, w):
   return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -54,12 +67,7 @@ def _min_seconds(fn, args, repeats: int) -> float:
 def time_layers(depth: int = 16, frames: int = 1024, kernel: int = 5, repeats: int = 3) -> dict:
   """`{'jax': version, 'layers': [{part, size, inputs, outputs, forward_s, gradient_s}]}`."""
   layers = []
-  for shape in conv_shapes(depth):
-    n, c, o = shape['size'], shape['inputs'], shape['outputs']
-    x = jax.random.normal(jax.random.key(0), (frames, n, n, c))
-    w = jax.random.normal(jax.random.key(1), (kernel, kernel, c, o)) / (kernel * c ** 0.5)
-    g = jax.random.normal(jax.random.key(2), (frames, n, n, o))
-    argnums = (1,) if c == 3 else (0, 1)
+  for shape, x, w, g, argnums in layer_arrays(depth, frames, kernel):
     grad = jax.jit(jax.grad(lambda x, w, g: jnp.vdot(lax_conv(x, w), g), argnums))
     layers.append({**shape, 'forward_s': _min_seconds(jax.jit(lax_conv), (x, w), repeats),
                    'gradient_s': _min_seconds(grad, (x, w, g), repeats)})
