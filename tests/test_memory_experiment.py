@@ -110,6 +110,13 @@ def test_seconds_per_update_and_projection():
   # 30 s per 1000 steps after the first row with updates: 80 + 16 * 30 at 20k steps.
   assert memory_table.projected_seconds(rows, 20_000) == pytest.approx(80 + 16 * 30)
   assert memory_table.projected_seconds(rows, 4000) == pytest.approx(80)
+  # Resumed at 4000: the new process counts its seconds from 0 again.
+  resumed = rows + [{'step': 5000, 'run/seconds': 40.0, 'run/updates': 90.0},
+                    {'step': 6000, 'run/seconds': 70.0, 'run/updates': 120.0}]
+  assert [row['run/seconds'] for row in memory_table.run_seconds(resumed)] == [
+      1.0, 50.0, 80.0, 120.0, 150.0]
+  assert memory_table.seconds_per_update(resumed) == pytest.approx(100 / 90)
+  assert memory_table.projected_seconds(resumed, 6000) == pytest.approx(150)
 
 
 def test_success_is_an_eval_metric():

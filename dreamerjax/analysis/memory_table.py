@@ -79,10 +79,24 @@ def steps_to_threshold(reached) -> tuple[int | None, int]:
   return (None if math.isinf(median) else int(median)), sum(step is not None for step in reached)
 
 
+def run_seconds(rows: list[dict]) -> list[dict]:
+  """The rows that carry `run/seconds`, with it made cumulative over resumes: a resumed process
+  counts from 0 again, so each drop adds the seconds the run had when it was resumed."""
+  marks, offset, last = [], 0.0, 0.0
+  for row in rows:
+    if 'run/seconds' not in row:
+      continue
+    if row['run/seconds'] < last:
+      offset += last
+    last = row['run/seconds']
+    marks.append({**row, 'run/seconds': row['run/seconds'] + offset})
+  return marks
+
+
 def seconds_per_update(rows: list[dict]) -> float | None:
   """Wall seconds per update between the first `run/` row with updates and the last one."""
-  marks = [(row['run/seconds'], row['run/updates']) for row in rows
-           if 'run/seconds' in row and row.get('run/updates')]
+  marks = [(row['run/seconds'], row['run/updates']) for row in run_seconds(rows)
+           if row.get('run/updates')]
   if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
     return None
   return (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
@@ -92,7 +106,7 @@ def projected_seconds(rows: list[dict], budget: int) -> float | None:
   """Wall seconds of a run at env step `budget`: the `run/seconds` of its first row there, or
   an extrapolation at the rate (seconds per env step) between the first row with updates (the
   second row, for runs without updates) and the last row."""
-  marks = [row for row in rows if 'run/seconds' in row]
+  marks = run_seconds(rows)
   if not marks:
     return None
   done = [row for row in marks if row['step'] >= budget]
