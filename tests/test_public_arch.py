@@ -20,6 +20,11 @@ PUBLIC_PARAMS = {
                           cont=41153, actor=50641, critic=66111),
     ('1m', 'vector'): dict(encoder=9664, dynamics=365120, decoder=50641, reward=57663,
                            cont=41153, actor=50641, critic=66111),
+    # benchmarks/public_2024_12m.json
+    ('12m', 'image'): dict(encoder=220416, dynamics=5982464, decoder=1272003, reward=721407,
+                           cont=656129, actor=792337, critic=853503),
+    ('12m', 'vector'): dict(encoder=136960, dynamics=5785856, decoder=792337, reward=721407,
+                            cont=656129, actor=792337, critic=853503),
 }
 
 
