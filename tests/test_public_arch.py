@@ -68,7 +68,7 @@ def test_pool_encoder_and_decoder_shapes():
   assert out.shape == (2, 3, 16, 16, 3) and float(out.min()) > 0 and float(out.max()) < 1
 
 
-@pytest.mark.parametrize('impl', ['lax', 'rows', 'patch'])
+@pytest.mark.parametrize('impl', ['lax', 'shift', 'rows', 'patch'])
 @pytest.mark.parametrize('channels,outputs', [(8, 3), (3, 8), (6, 6)])
 def test_same_conv_forms_equal_lax_conv_with_gradients(impl, channels, outputs):
   x = jax.random.normal(jax.random.key(0), (2, 9, 7, channels))

@@ -215,17 +215,19 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
 
 
 # How `patch_conv` computes stride-1 'SAME' convolutions with an odd kernel (those of
-# `arch=public2024`; the `paper` networks have none): `lax`, `rows` or `patch` (see `same_conv`).
-# `lax` keeps no patch copies for the backward pass, so the 12m update fits in host memory (the
-# patch matrices were 1.3-3.3 GB per layer at 1024 frames), and it is the native convolution on
-# accelerators. `benchmark.conv_profile` times the three per layer shape (docs/benchmarks.md).
-SAME_CONV = 'lax'
+# `arch=public2024`; the `paper` networks have none): `lax`, `shift`, `rows` or `patch` (see
+# `same_conv`). `lax` and `shift` keep no patch copies for the backward pass, so the 12m update
+# fits in host memory (the patch matrices were 1.3-3.3 GB per layer at 1024 frames); `shift` is
+# `lax` with the kernel gradient as k*k products, 30% less time over the eight 12m layers on
+# XLA:CPU. `benchmark.conv_profile` times the forms per layer shape (docs/benchmarks.md).
+SAME_CONV = 'shift'
 
 
 def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`.
 
-  `impl`: `lax` (`lax_conv`), `rows` (`row_conv`: one product per kernel row over a 1/k size
+  `impl`: `lax` (`lax_conv`), `shift` (`shift_conv`: `lax` with the kernel gradient as k*k
+  products), `rows` (`row_conv`: one product per kernel row over a 1/k size
   patch matrix) or `patch` (a k*k*C wide patch matrix, or with fewer outputs than inputs one
   product over the input and `_window_sum`). All agree to float tolerance, gradients included
   (tests/test_public_arch.py).
@@ -234,10 +236,12 @@ def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   pad = (k - 1) // 2
   if impl == 'lax':
     return lax_conv(x, kernel, pad)
+  if impl == 'shift':
+    return shift_conv(x, kernel, pad)
   if impl == 'rows':
     return row_conv(x, kernel, pad)
   if impl != 'patch':
-    raise ValueError(f'unknown convolution form {impl!r}: use lax, rows or patch')
+    raise ValueError(f'unknown convolution form {impl!r}: use lax, shift, rows or patch')
   if kernel.shape[-1] >= x.shape[-1]:
     return _patch_products(x, kernel, 1, pad)
   # The window sum below over the unpadded input: padding contributes nothing, so the product
@@ -270,6 +274,43 @@ def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
   padding `pad` on every side), differentiated by autodiff."""
   return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+# `shift_conv` takes its kernel gradient from k*k products only where the layer has at least this
+# many outputs: with fewer (the 3-channel image layer) the products are thin and XLA's own
+# gradient convolution is faster (docs/benchmarks.md).
+SHIFT_MIN_OUTPUTS = 8
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def shift_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """`lax_conv` with a hand-written kernel gradient: one `[C, N*H*W] x [N*H*W, O]` product per
+  kernel offset over the shifted padded input (XLA:CPU of jax 0.10 runs the autodiff kernel
+  gradient of these convolutions at 2.5-3x the cost of the forward pass). The input gradient is
+  autodiff's."""
+  return lax_conv(x, kernel, pad)
+
+
+def _shift_conv_fwd(x, kernel, pad):
+  return lax_conv(x, kernel, pad), (x, kernel)
+
+
+def _shift_conv_bwd(pad, residuals, g):
+  x, kernel = residuals
+  _, vjp = jax.vjp(lambda x, kernel: lax_conv(x, kernel, pad), x, kernel)
+  k, _, c, o = kernel.shape
+  if o < SHIFT_MIN_OUTPUTS:
+    return vjp(g)
+  dx = vjp(g)[0]
+  n, h, w, _ = g.shape
+  padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  rows = g.reshape(-1, o).astype(x.dtype)
+  dk = jnp.stack([jnp.stack([padded[:, i:i + h, j:j + w, :].reshape(-1, c).T @ rows
+                             for j in range(k)]) for i in range(k)])
+  return dx, dk.astype(kernel.dtype)
+
+
+shift_conv.defvjp(_shift_conv_fwd, _shift_conv_bwd)
 
 
 def row_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
