@@ -92,7 +92,7 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
   num_envs = obs['is_first'].shape[0]
   is_first = obs['is_first'].at[:, 0].set(True)
   actions = obs['action'].shape[-1]
-  query = jnp.asarray(elapsed_steps(data['is_first']) == span)
+  query = elapsed_steps(data['is_first']) == span
 
   @jax.jit
   def score(part, first, key):
@@ -101,10 +101,8 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
                                          world_model.encode(params, part), part['action'],
                                          first, observe_key)
     reward = world_model.reward(params, features)
-    if hasattr(dynamics, 'start_states'):
-      starts = dynamics.start_states(params['dynamics'], features, part['action'], first)
-    else:
-      starts = dynamics.state_from_features(features.reshape(-1, features.shape[-1]))
+    # Every dynamics (rssm, transformer, ssm) has start_states; the Transformer's holds its context.
+    starts = dynamics.start_states(params['dynamics'], features, part['action'], first)
     imagined = []
     for action in range(actions):
       onehot = jnp.broadcast_to(jax.nn.one_hot(action, actions), (first.size, actions))
@@ -120,7 +118,7 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
     true = np.asarray(part['reward'])
     predicted.append(reward[true != 0])
     answers.append(true[true != 0])
-    at = np.asarray(query[start:start + chunk])
+    at = query[start:start + chunk]
     values.append(imagined[at])
     rights.append((np.asarray(part[CUE])[..., 0] > 0).astype(np.int64)[at])
   answers, rights = np.concatenate(answers), np.concatenate(rights)

@@ -297,12 +297,11 @@ def _shift_conv_fwd(x, kernel, pad):
 
 def _shift_conv_bwd(pad, residuals, g):
   x, kernel = residuals
-  _, vjp = jax.vjp(lambda x, kernel: lax_conv(x, kernel, pad), x, kernel)
   k, _, c, o = kernel.shape
   if o < SHIFT_MIN_OUTPUTS:
-    return vjp(g)
-  dx = vjp(g)[0]
-  n, h, w, _ = g.shape
+    return jax.vjp(lambda x, kernel: lax_conv(x, kernel, pad), x, kernel)[1](g)
+  dx, = jax.vjp(lambda x: lax_conv(x, kernel, pad), x)[1](g)  # the kernel's is computed below
+  _, h, w, _ = g.shape
   padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   rows = g.reshape(-1, o).astype(x.dtype)
   dk = jnp.stack([jnp.stack([padded[:, i:i + h, j:j + w, :].reshape(-1, c).T @ rows
