@@ -9,7 +9,7 @@ import pytest
 from flax import struct
 from gymnasium import spaces
 
-from dreamerjax.data import envs, jax_envs
+from dreamerjax.data import envs, jax_envs, vector_env
 from dreamerjax.run import configs, train
 
 HERE = __name__  # this module, importable by name while the tests run
@@ -92,7 +92,7 @@ class JaxWalker:
   """`Walker` as a pure-JAX env (actions 0, 1, 2 mean -1, 0, +1; starts at -2 or -1)."""
 
   obs_space = {'vector': ((4,), np.float32)}
-  act_space = envs.discrete_actions(3)
+  act_space = vector_env.discrete_actions(3)
 
   def reset(self, key):
     state = WalkerState(self._start(key), jnp.int32(0))

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from dreamerjax.data import device_envs, envs
+from dreamerjax.data import device_envs, envs, vector_env
 from dreamerjax.run import configs, device_loop, train
 from dreamerjax.run.logger import read_metrics
 
@@ -23,7 +23,7 @@ def scanned_steps(env: device_envs.DeviceEnv, actions: np.ndarray) -> dict:
   return jax.tree.map(np.asarray, steps)
 
 
-def host_steps(host: envs.VectorEnv, model_actions: np.ndarray, discrete: bool) -> dict:
+def host_steps(host: vector_env.VectorEnv, model_actions: np.ndarray, discrete: bool) -> dict:
   steps = [host.step(a.argmax(-1).astype(np.int32) if discrete else a) for a in model_actions]
   return {k: np.stack([s[k] for s in steps]) for k in steps[0]}
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from dreamerjax.data import dataset, envs, replay
+from dreamerjax.data import dataset, replay, vector_env
 from dreamerjax.run import common, configs, logger, offline, record, train
 from tests.test_planet import check_probes
 
@@ -93,7 +93,7 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
                                       eval_episodes=1),
                           'env': dict(max_episode_steps=20)})
   evaluating, env_steps = [False], []
-  real_evaluate, real_step = common.evaluate, envs.VectorEnv.step
+  real_evaluate, real_step = common.evaluate, vector_env.VectorEnv.step
 
   def evaluate(*args, **kwargs):
     evaluating[0] = True
@@ -108,7 +108,7 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
     return real_step(self, action)
 
   monkeypatch.setattr(common, 'evaluate', evaluate)
-  monkeypatch.setattr(envs.VectorEnv, 'step', step)
+  monkeypatch.setattr(vector_env.VectorEnv, 'step', step)
   workdir = str(tmp_path / 'run')
   summary = train.run(config, workdir)
   assert summary['updates'] == 12 and summary['dataset_steps'] == 121 * N
@@ -116,7 +116,7 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
   rows = logger.read_metrics(workdir)
   assert any('ac/bc_loss' in row for row in rows)
   assert [row['eval/episode/return'] for row in rows if 'eval/episode/return' in row]
-  monkeypatch.setattr(envs.VectorEnv, 'step', real_step)
+  monkeypatch.setattr(vector_env.VectorEnv, 'step', real_step)
   check_probes(tmp_path / 'run')  # probes work on offline runs (checkpoint without replay)
   # Recording from that checkpoint: the policy mode, then with every action replaced at random.
   actions = {}

@@ -101,7 +101,8 @@ def test_sweep_files():
     expected = {'atari100k.py': (130, 'experiments/atari100k.py'),
                 'dmc_proprio.py': (54, 'experiments/dmc_proprio.py'),
                 'variants_cartpole.py': (9, 'experiments/classic.py'),
-                'classic_debug.py': (4, 'experiments/classic.py')}
+                'classic_debug.py': (4, 'experiments/classic.py'),
+                'dmc_cpu_batch4.py': (2, 'experiments/dmc_proprio.py')}
     for name, (count, suite) in expected.items():
         module = SWEEP_DIR / name
         assert 'python scripts/sweep.py' in module.read_text(), name  # launch command in docstring
@@ -123,6 +124,12 @@ def test_sweep_files():
             assert sorted(sweep['grid']['task']) == sorted(namespace[attribute])
     variants = sweeps.load_sweep(str(SWEEP_DIR / 'variants_cartpole.py'))
     assert variants['grid']['variant'] == ['dreamerv1', 'dreamerv2', 'dreamerv3']
+    # The batch-4 DMC sweep is the make-train preset but for its batch and ratio.
+    preset = sweeps.load_sweep(str(SWEEP_DIR / 'dmc_cpu.py'))['overrides']
+    batch4 = sweeps.load_sweep(str(SWEEP_DIR / 'dmc_cpu_batch4.py'))['overrides']
+    changed = {key for key in preset.keys() | batch4.keys() if preset.get(key) != batch4.get(key)}
+    assert changed == {'run.batch_size', 'run.train_ratio'}
+    assert (batch4['run.batch_size'], batch4['run.train_ratio']) == (4, 128.0)
 
 
 # Status ---------------------------------------------------------------------------------------

@@ -22,19 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamerjax.data import envs, jax_envs
+from dreamerjax.data import jax_envs, vector_env
 
 
 class DeviceEnv:
   """`num_envs` envs with a pure, jittable `step` (see the module doc)."""
 
-  def __init__(self, host: envs.VectorEnv):
+  def __init__(self, host: vector_env.VectorEnv):
     self.host = host
     self.num_envs, self.obs_space, self.act_space = host.num_envs, host.obs_space, host.act_space
     if isinstance(host, jax_envs.JaxVectorEnv):
       self._vectorized = host.vectorized
       self._xla = None
-    elif type(host) is envs.VectorEnv and host.family in ('classic', 'atari', 'dmc'):
+    elif type(host) is vector_env.VectorEnv and host.family in ('classic', 'atari', 'dmc'):
       dtype = host._native_dtype
       if not host.act_space.discrete and np.dtype(dtype) == np.float64:
         raise ValueError(
@@ -63,5 +63,5 @@ class DeviceEnv:
       return self._vectorized.step(state, action)
     handle, (obs, reward, terminated, truncated, info) = self._xla[3](
         state, action, jnp.asarray(self._env_ids))
-    return handle, envs.envpool_step(self.host._convert_obs(obs, xp=jnp), reward, terminated,
+    return handle, vector_env.envpool_step(self.host._convert_obs(obs, xp=jnp), reward, terminated,
                                      truncated, info['elapsed_step'], xp=jnp)

@@ -16,13 +16,13 @@ from typing import Callable
 
 import numpy as np
 
-from dreamerjax.data import envs
+from dreamerjax.data import vector_env
 
 
 class EnvGroup:
   """`K` envpool pools (one per seed) of this process's `n` envs each, stepped together."""
 
-  def __init__(self, make_env: Callable[[int, int], envs.VectorEnv], num_envs: int,
+  def __init__(self, make_env: Callable[[int, int], vector_env.VectorEnv], num_envs: int,
                seeds: list[int], stacked: bool, process_index: int = 0, process_count: int = 1):
     """
     Args:
@@ -41,7 +41,7 @@ class EnvGroup:
     self.offset = process_index * self.local_envs  # global index of this process's first env
     self.seeds = list(seeds)
     self.stacked = stacked
-    self.envs: list[envs.VectorEnv] = []
+    self.envs: list[vector_env.VectorEnv] = []
     try:
       for seed in seeds:
         self.envs.append(make_env(self.local_envs, seed + self.offset))

@@ -1,4 +1,4 @@
-"""gymnasium environments as `envs.VectorEnv`s: the `gym:` task prefix.
+"""gymnasium environments as `vector_env.VectorEnv`s: the `gym:` task prefix.
 
     gym:CartPole-v1                  a registered id, made with `gymnasium.make`
     gym:my_pkg.envs:MyEnv            an env class or a factory (no required arguments) in a module
@@ -32,13 +32,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dreamerjax.data import envs
+from dreamerjax.data import vector_env
 
 IMAGE_CHANNELS = (1, 3)
 
 
 def make(name: str, num_envs: int, seed: int, *, size: tuple[int, int] = (64, 64),
-         max_episode_steps: int | None = None) -> envs.VectorEnv:
+         max_episode_steps: int | None = None) -> vector_env.VectorEnv:
   """A `VectorEnv` of `num_envs` gymnasium envs named `name` (the task without `gym:`).
   `max_episode_steps` replaces a registered id's time limit, and adds one to a factory's env."""
   task = f'gym:{name}'
@@ -54,11 +54,12 @@ def make(name: str, num_envs: int, seed: int, *, size: tuple[int, int] = (64, 64
     raise
   batch = GymBatch(made, seed, convert, to_env)
   low, high, dtype = native
-  return envs.VectorEnv(batch, task, 'gym', num_envs, obs_space, act_space, dict, low, high, dtype)
+  return vector_env.VectorEnv(batch, task, 'gym', num_envs, obs_space, act_space, dict, low, high,
+                              dtype)
 
 
 class GymBatch:
-  """`N` gymnasium envs behind envpool's gymnasium batch interface, which `envs.VectorEnv` reads:
+  """`N` gymnasium envs behind envpool's gymnasium batch interface, which `VectorEnv` reads:
   `reset() -> (obs, info)`, `step(actions) -> (obs, reward, terminated, truncated, info)`, with
   `info['elapsed_step'] == 0` on the auto-reset step. `obs` is already the obs dict `[N, ...]`."""
 
@@ -107,7 +108,7 @@ def _make_one(name: str, max_episode_steps: int | None) -> Any:
 
   task = f'gym:{name}'
   if ':' in name:
-    factory = envs.load_attribute('gym', name)
+    factory = vector_env.load_attribute('gym', name)
     if factory is not None:
       if not callable(factory):
         raise ValueError(f'{task}: {name.partition(":")[2]!r} is a {type(factory).__name__}, '
@@ -116,7 +117,7 @@ def _make_one(name: str, max_episode_steps: int | None) -> Any:
       try:
         env = factory()
       except Exception as exc:
-        raise ValueError(f'{task} cannot be made: calling it raised {envs.one_line(exc)}') \
+        raise ValueError(f'{task} cannot be made: calling it raised {vector_env.one_line(exc)}') \
             from exc
       if not all(hasattr(env, a) for a in ('reset', 'step', 'observation_space', 'action_space')):
         raise ValueError(f'{task} returned a {type(env).__name__}, not a gymnasium.Env (it needs '
@@ -131,7 +132,7 @@ def _make_one(name: str, max_episode_steps: int | None) -> Any:
     close = difflib.get_close_matches(name, list(gymnasium.registry), n=3, cutoff=0.6)
     hint = f'; did you mean {", ".join(f"gym:{c}" for c in close)}?' if close else ''
     raise ValueError(
-        f'{task} cannot be made ({envs.one_line(exc)}){hint} Name a registered gymnasium id '
+        f'{task} cannot be made ({vector_env.one_line(exc)}){hint} Name a registered gymnasium id '
         '(gym:CartPole-v1) or an env class or factory (gym:my_pkg.envs:MyEnv)') from exc
 
 
@@ -225,17 +226,18 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(resized, np.uint8).reshape(height, width, image.shape[-1])
 
 
-def _action_converter(space: Any, task: str) -> tuple[envs.ActionSpace, tuple, Callable]:
+def _action_converter(space: Any, task: str) -> tuple[vector_env.ActionSpace, tuple, Callable]:
   """(agent's action space, (native low, high, dtype) for `VectorEnv`, `action -> env action`)."""
   from gymnasium import spaces
 
   if isinstance(space, spaces.Discrete):
     start = int(space.start)
-    return envs.discrete_actions(int(space.n)), (None, None, None), lambda a: int(a) + start
+    return vector_env.discrete_actions(int(space.n)), (None, None, None), lambda a: int(a) + start
   if isinstance(space, spaces.Box):
-    low, high = envs.native_bounds(space, task)
+    low, high = vector_env.native_bounds(space, task)
     shape, dtype = space.shape, space.dtype
-    return (envs.continuous_actions(math.prod(shape)), (low.reshape(-1), high.reshape(-1), dtype),
+    return (vector_env.continuous_actions(math.prod(shape)),
+            (low.reshape(-1), high.reshape(-1), dtype),
             lambda a: np.asarray(a, dtype).reshape(shape))
   raise ValueError(f'{task} has an action space dreamerjax cannot act in: {space} (supported: '
                    'Discrete and Box with finite bounds); wrap the env')

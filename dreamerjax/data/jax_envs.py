@@ -9,10 +9,11 @@ An env (`JaxEnv`, gymnax style without params) is one environment as pure functi
     step(key, state, action) -> (state, obs, reward, terminated, truncated)
 
 plus `obs_space` (`{'vector': ((D,), float32)}` and/or `{'image': ((H, W, C), uint8)}`, as
-`envs.VectorEnv.obs_space`; `obs` is a dict of those keys, or a bare array for `vector` only) and
-`act_space` (`envs.discrete_actions(n)`: `action` is an int32 scalar; `envs.continuous_actions(d)`:
-float32 `[d]` in [-1, 1]). An optional `truth(state) -> {name: array}` gives the ground truth that
-state probes read (`VectorEnv.truth`).
+`vector_env.VectorEnv.obs_space`; `obs` is a dict of those keys, or a bare array for `vector`
+only) and `act_space` (`vector_env.discrete_actions(n)`: `action` is an int32 scalar;
+`vector_env.continuous_actions(d)`: float32 `[d]` in [-1, 1]). An optional
+`truth(state) -> {name: array}` gives the ground truth that state probes read
+(`VectorEnv.truth`).
 
 `Vectorized` turns one env into `N` with autoreset inside the jitted function: `reset(keys)` and
 `step(state, action)` are pure, return Dreamer step dicts (`envs` module doc) and run under
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dreamerjax.data import envs
+from dreamerjax.data import memory, vector_env
 
 OBS_KEYS = ('vector', 'image')
 
@@ -41,7 +42,7 @@ class JaxEnv(Protocol):
   """One environment as pure functions (see the module doc)."""
 
   obs_space: dict
-  act_space: envs.ActionSpace
+  act_space: vector_env.ActionSpace
 
   def reset(self, key: jax.Array) -> tuple[Any, Any]: ...
 
@@ -120,7 +121,7 @@ class Vectorized:
     return {k: jnp.asarray(obs[k], self.env.obs_space[k][1]) for k in self.env.obs_space}
 
 
-class JaxVectorEnv(envs.VectorEnv):
+class JaxVectorEnv(vector_env.VectorEnv):
   """A `VectorEnv` over `Vectorized`: one jitted call per reset or step for all envs, on the
   default device; the arrays come back as numpy. `vectorized` is there for on-device loops."""
 
@@ -170,7 +171,7 @@ def _programs(vectorized: Vectorized) -> tuple:
 _cached_programs = functools.lru_cache(maxsize=64)(_programs)
 
 
-def check(env: Any, task: str) -> tuple[dict, envs.ActionSpace]:
+def check(env: Any, task: str) -> tuple[dict, vector_env.ActionSpace]:
   """The obs and action spaces of `env`, checked against the `JaxEnv` contract (with shapes from
   `jax.eval_shape`); a one-line ValueError naming what is wrong."""
   missing = [a for a in ('obs_space', 'act_space', 'reset', 'step') if not hasattr(env, a)]
@@ -190,9 +191,9 @@ def check(env: Any, task: str) -> tuple[dict, envs.ActionSpace]:
                                or obs_space['image'][1] != np.uint8):
     raise ValueError(f'{task}: the image observation must be uint8 (H, W, C), got '
                      f'{obs_space["image"]}')
-  if not isinstance(act_space, envs.ActionSpace):
-    raise ValueError(f'{task}: act_space must be envs.discrete_actions(n) or '
-                     f'envs.continuous_actions(d), got {act_space!r}')
+  if not isinstance(act_space, vector_env.ActionSpace):
+    raise ValueError(f'{task}: act_space must be vector_env.discrete_actions(n) or '
+                     f'vector_env.continuous_actions(d), got {act_space!r}')
   action = (jax.ShapeDtypeStruct((), jnp.int32) if act_space.discrete
             else jax.ShapeDtypeStruct(act_space.shape, jnp.float32))
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -201,7 +202,7 @@ def check(env: Any, task: str) -> tuple[dict, envs.ActionSpace]:
     result = jax.eval_shape(env.step, key, state, action)
   except Exception as exc:
     raise ValueError(f'{task}: reset(key) or step(key, state, action) fails on abstract inputs '
-                     f'({envs.one_line(exc)})') from exc
+                     f'({vector_env.one_line(exc)})') from exc
   for name, observed in (('reset', obs), ('step', result[1])):
     observed = observed if isinstance(observed, dict) else {'vector': observed}
     shapes = {k: tuple(v.shape) for k, v in observed.items()}
@@ -218,10 +219,8 @@ def resolve(name: str) -> Any:
   """The env that `jax:<name>` names: a memory-suite name, or `<module>:<attribute>` (an env, or
   a class or factory called without arguments)."""
   if ':' not in name:
-    from dreamerjax.data import memory
-
     return memory.make(name)
-  found = envs.load_attribute('jax', name)
+  found = vector_env.load_attribute('jax', name)
   if found is None:
     module, _, attribute = name.partition(':')
     raise ValueError(f'jax:{name}: module {module!r} has no attribute {attribute!r}')
@@ -232,7 +231,7 @@ def resolve(name: str) -> Any:
   try:
     return found()
   except Exception as exc:
-    raise ValueError(f'jax:{name} cannot be made: calling it raised {envs.one_line(exc)}') \
+    raise ValueError(f'jax:{name} cannot be made: calling it raised {vector_env.one_line(exc)}') \
         from exc
 
 

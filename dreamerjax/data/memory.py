@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from dreamerjax.data import envs
+from dreamerjax.data import vector_env
 
 LENGTHS = (5, 15, 30, 60, 120)   # CueRecall sweep
 DELAYS = (4, 8, 16, 32, 64)      # RepeatPrevious sweep
@@ -43,8 +43,8 @@ class _VectorTask:
     return {'vector': ((self.obs_size,), np.dtype(np.float32))}
 
   @property
-  def act_space(self) -> envs.ActionSpace:
-    return envs.discrete_actions(self.num_actions)
+  def act_space(self) -> vector_env.ActionSpace:
+    return vector_env.discrete_actions(self.num_actions)
 
 
 @struct.dataclass

@@ -23,7 +23,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from dreamerjax.agents.agent import Agent
-from dreamerjax.data import envs, replay
+from dreamerjax.data import envs, replay, vector_env
 from dreamerjax.data.envgroup import EnvGroup
 from dreamerjax.models import openloop
 from dreamerjax.run import configs, errors, lock, parallel
@@ -216,7 +216,7 @@ def warn_interrupted(signal_name: str, unit: str, step: int) -> None:
                   signal_name, unit, step)
 
 
-def replay_spec(env: envs.VectorEnv | EnvGroup, agent: Agent | None = None) -> dict:
+def replay_spec(env: vector_env.VectorEnv | EnvGroup, agent: Agent | None = None) -> dict:
   """The fields of a replayed step; with `agent` and its `model.replay_context`, also the latent
   state stored next to each step (`WorldModel.context_spec`)."""
   context = agent.world_model.context_spec() if agent is not None else {}
@@ -225,7 +225,7 @@ def replay_spec(env: envs.VectorEnv | EnvGroup, agent: Agent | None = None) -> d
           'is_terminal': ((), np.bool_), **context}
 
 
-def make_env(config, num_envs: int, seed: int) -> envs.VectorEnv:
+def make_env(config, num_envs: int, seed: int) -> vector_env.VectorEnv:
   """The envs of `config.task`; a task or env option they refuse raises `errors.ConfigError`."""
   size = (config.env.image_size, config.env.image_size)
   try:
@@ -368,7 +368,7 @@ def evaluate(agent: Agent, programs: Programs, state, config, layout: parallel.L
     env.close()
 
 
-def model_obs(obs: dict, env: envs.VectorEnv | EnvGroup) -> dict:
+def model_obs(obs: dict, env: vector_env.VectorEnv | EnvGroup) -> dict:
   """The fields of an env step the policy reads: the observation and `is_first`."""
   return {key: obs[key] for key in (*env.obs_space, 'is_first')}
 

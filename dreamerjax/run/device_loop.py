@@ -87,6 +87,11 @@ class DeviceLoop(online.OnlineLoop):
                             int(ended['lengths'][t, index])))
 
 
+def run(config, workdir: str) -> dict:
+  """`online.run` with the device loop: what `train.mode` runs for `run.loop=device`."""
+  return online.run(config, workdir, DeviceLoop)
+
+
 def zero_metrics(train_fn, state, replay_state) -> dict:
   """Zeros shaped as `train_fn`'s metrics (the loop carries the latest metrics)."""
   shapes = jax.eval_shape(train_fn, state, replay_state)[1]

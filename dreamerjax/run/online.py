@@ -255,16 +255,12 @@ class OnlineLoop:
     return summary
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        loop_type: type[OnlineLoop] = OnlineLoop) -> dict:
   """Trains `config.num_seeds` agents online as `config` (from `common.setup`) says, in
-  `workdir`; returns a summary."""
+  `workdir`, with a loop of `loop_type` (`device_loop.run` passes its own); returns a summary."""
   mesh = parallel.make_mesh(config.parallel.devices)
-  layout = parallel.Layout(mesh, config.num_seeds)
-  if config.run.loop == 'device':
-    from dreamerjax.run.device_loop import DeviceLoop  # it subclasses OnlineLoop
-    loop = DeviceLoop(config, workdir, layout)
-  else:
-    loop = OnlineLoop(config, workdir, layout)
+  loop = loop_type(config, workdir, parallel.Layout(mesh, config.num_seeds))
   # SIGTERM/SIGINT: stop at the next step and checkpoint; held until that checkpoint is written.
   with common.StopFlag() as stop:
     try:

@@ -6,6 +6,7 @@ The modes, one module each, all built on `common`:
 | mode | module | when |
 | --- | --- | --- |
 | online Dreamer loop (envs -> replay -> train step) | `online` | the default |
+| the same, acting and env steps in one jitted scan | `device_loop` | `run.loop=device` |
 | from a recorded dataset | `offline` | `run.mode=offline` |
 | World Models stages (VAE, MDN-RNN, controller) | `worldmodels` | `variant=worldmodels` |
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from dreamerjax.run import common, errors, lock, offline, online, worldmodels
+from dreamerjax.run import common, device_loop, errors, lock, offline, online, worldmodels
 
 
 def mode(config: ml_collections.ConfigDict):
@@ -27,7 +28,7 @@ def mode(config: ml_collections.ConfigDict):
     return offline
   if config.variant == 'worldmodels':  # trained in stages, not by the online loop
     return worldmodels
-  return online
+  return device_loop if config.run.loop == 'device' else online
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
