@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.data import dataset, replay, vector_env
-from dreamerjax.run import common, configs, logger, offline, record, train
+from dreamerjax.run import common, configs, evaluation, logger, offline, record, train
 from tests.test_planet import check_probes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +130,16 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
   assert not np.array_equal(actions[0.0], actions[1.0])
   with pytest.raises(ValueError, match='epsilon must be in'):
     record.checkpoint_policy(workdir, str(tmp_path / 'bad'), steps=8, epsilon=1.5)
+  # Evaluating the checkpoint on more episodes than the run did: one return per eval env, the
+  # same for the same seed, as the run's own evaluation gives for that seed.
+  row = evaluation.checkpoint_returns(workdir, episodes=3, seed=7)
+  assert row['env_step'] == summary['updates'] and np.shape(row['returns']) == (1, 3)
+  assert np.isclose(row['mean'], np.mean(row['returns']))
+  assert evaluation.checkpoint_returns(workdir, episodes=3, seed=7)['returns'] == row['returns']
+  with pytest.raises(ValueError, match='episodes must be at least 1'):
+    evaluation.checkpoint_returns(workdir, episodes=0, seed=7)
+  with pytest.raises(FileNotFoundError, match='holds no run .config.json missing'):
+    evaluation.checkpoint_returns(str(tmp_path / 'none'), episodes=1, seed=7)
   # A dataset recorded on another task is refused before anything is built.
   config.task = 'Acrobot-v1'
   with pytest.raises(ValueError, match='--config.task=CartPole-v1'):

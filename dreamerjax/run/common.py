@@ -375,7 +375,11 @@ def model_obs(obs: dict, env: vector_env.VectorEnv | EnvGroup) -> dict:
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spec]:
   """The config, agent and replay spec of the run in `workdir` (no arrays)."""
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise errors.RunNotFound(f'{workdir} holds no run ({CONFIG_FILE} missing): pass the run '
+                             f'directory that scripts/train.py was given as --workdir')
+  with open(path) as f:
     config = configs.base()  # keys added since the run was saved keep their defaults
     configs.update(config, json.load(f))
   env = make_env(config, 1, config.seed)

@@ -47,6 +47,10 @@ class CheckpointError(UserError, RuntimeError):
   """No checkpoint of the run restores, or one could not be saved."""
 
 
+class RunNotFound(UserError, FileNotFoundError):
+  """A workdir that holds no run (no config.json) where a tool needs one."""
+
+
 class WorkdirBusy(UserError):
   """Another live process holds the workdir."""
 
