@@ -16,10 +16,9 @@ from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from dreamerjax.run import cli, evaluation  # noqa: E402
-from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (its newest checkpoint).')
 _EPISODES = flags.DEFINE_integer('episodes', 32, 'Episodes, one per eval env, all in parallel.')
@@ -30,10 +29,7 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.start(argv)
   row = evaluation.checkpoint_returns(_WORKDIR.value, _EPISODES.value, _SEED.value)
   logging.info('%s at env step %d: mean return %.1f (std %.1f) over %d episodes.',
                row['task'], row['env_step'], row['mean'], row['std'], row['episodes'])

@@ -21,12 +21,11 @@ from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamerjax.analysis import memory_probe  # noqa: E402
 from dreamerjax.run import cli  # noqa: E402
-from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A trained run to probe (every seed).')
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment file (world-model tier).')
@@ -43,12 +42,9 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the streams, the world model an
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  cli.start(argv)
   if (_WORKDIR.value is None) == (_CONFIG.value is None):
     raise app.UsageError('give one of --workdir (a trained run) or --config (world-model tier)')
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
   if _WORKDIR.value:
     result = memory_probe.probe_run(_WORKDIR.value, _STEPS.value or 1000,
                                     8 if _ENVS.value == 16 else _ENVS.value, _PROBE_STEPS.value,

@@ -19,7 +19,6 @@ from absl import app, flags, logging  # noqa: E402
 
 from dreamerjax.analysis import probes  # noqa: E402
 from dreamerjax.run import cli  # noqa: E402
-from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of a trained run (with checkpoints/).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default: <workdir>/probes).')
@@ -32,10 +31,7 @@ flags.mark_flags_as_required(['workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.start(argv)
   horizons = tuple(int(h) for h in _HORIZONS.value)
   if not horizons or min(horizons) < 1:
     raise app.UsageError(f'--horizons must be positive integers, got {_HORIZONS.value}')

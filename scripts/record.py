@@ -26,7 +26,6 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamerjax.run import cli, configs, record  # noqa: E402
-from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _SOURCE = flags.DEFINE_enum('source', 'random', ['random', 'checkpoint', 'replay'],
                             'What produces the trajectories.')
@@ -45,10 +44,7 @@ flags.mark_flags_as_required(['out'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.start(argv)
   if _SOURCE.value == 'random':
     if _CONFIG.value is None:
       raise app.UsageError('--source=random needs --config=<experiment file>')

@@ -23,11 +23,10 @@ from dreamerjax.run import allocator  # noqa: E402
 
 allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamerjax.run import cli, configs  # noqa: E402
-from dreamerjax.run.logger import quiet_library_logs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment file and options, e.g. experiments/classic.py:task=CartPole-v1.',
@@ -42,10 +41,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  cli.start(argv)
   # A value out of its range is refused before the slow imports (jax, the models, envpool); the
   # run checks the config against its devices once they are known.
   configs.validate(configs.resolve(_CONFIG.value))

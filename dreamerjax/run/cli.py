@@ -20,9 +20,10 @@ import sys
 import traceback
 from typing import Callable
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from dreamerjax.run import errors
+from dreamerjax.run.logger import quiet_library_logs
 
 _VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of an error, not only its '
                              'one-line message.')
@@ -65,6 +66,15 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = (_unknown_option(argv) if isinstance(error, (AttributeError, KeyError)) else None)
     fail(message or str(error), 2)
     raise  # not reached
+
+
+def start(argv: list[str]) -> None:
+  """The start of every entry script's `main`: no positional arguments, INFO logs, and the
+  libraries' own chatter quieted."""
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
 
 
 def run(main: Callable[[list[str]], object]) -> None:
