@@ -359,7 +359,7 @@ def build_table(root: str, final_fraction: float = FINAL_FRACTION,
                 budget = max(row.budget for row in family_rows)
                 from_pixels = any(row.from_pixels for row in family_rows)
                 aggregates += _published_aggregates(family, tasks, budget, from_pixels)
-    return Table(root=os.path.abspath(root), key=key, final_fraction=final_fraction,
+    return Table(root=os.path.normpath(root), key=key, final_fraction=final_fraction,
                  bootstrap_reps=bootstrap_reps, bootstrap_seed=bootstrap_seed,
                  include_partial=include_partial, threshold=threshold, runs=tuple(runs),
                  rows=tuple(rows), aggregates=tuple(aggregates))
