@@ -143,9 +143,10 @@ def probe_run(workdir: str, steps: int = 1000, num_envs: int = 8, probe_steps: i
   """Cue accuracy at delays 0 and L of every seed of the run in `workdir` (a CueRecall run of
   experiments/memory.py), from `steps` steps of `num_envs` envs acting with that seed's policy;
   writes and returns `<workdir>/memory_probe.json`."""
-  config, agent, _ = common.load_run(workdir)
+  loaded = common.load_run(workdir)
+  config, agent, _ = loaded
   span = memory.span(config.task)
-  step, state, _, _ = common.restore(workdir)
+  step, state, _, _ = common.restore(workdir, loaded)
   policy = jax.jit(agent.policy_step)
   key = jax.random.key(seed)
   accuracy = []

@@ -63,5 +63,5 @@ class DeviceEnv:
       return self._vectorized.step(state, action)
     handle, (obs, reward, terminated, truncated, info) = self._xla[3](
         state, action, jnp.asarray(self._env_ids))
-    return handle, vector_env.envpool_step(self.host._convert_obs(obs, xp=jnp), reward, terminated,
-                                     truncated, info['elapsed_step'], xp=jnp)
+    return handle, vector_env.envpool_step(self.host._convert_obs(obs, xp=jnp), reward,
+                                           terminated, truncated, info['elapsed_step'], xp=jnp)

@@ -388,12 +388,13 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
   return config, agent, replay_spec(env, agent)
 
 
-def restore(workdir: str) -> tuple[int, Any, replay.ReplayState, dict]:
+def restore(workdir: str, loaded: tuple | None = None
+            ) -> tuple[int, Any, replay.ReplayState, dict]:
   """The newest checkpoint of the run in `workdir`: `(step, TrainState, ReplayState, meta)`,
   sharded as the run had them (every process calls it with several processes). The step counts
   env steps; for offline runs it counts updates and the replay is None (they do not save it:
-  it is the dataset)."""
-  config, agent, spec = load_run(workdir)
+  it is the dataset). `loaded`: what `load_run(workdir)` returned, if the caller has it already."""
+  config, agent, spec = loaded or load_run(workdir)
   mesh = parallel.make_mesh(config.parallel.devices)
   layout = parallel.Layout(mesh, config.num_seeds)
   programs, make_state, make_replay = build(agent, layout, config, spec)
@@ -411,8 +412,9 @@ def restore_agent(workdir: str, loaded: tuple | None = None
   """`(config, agent, step, TrainState)` of the newest checkpoint of the run in `workdir` (online
   or offline), for acting with it: the state of seed 0 where the run trained several. `loaded`:
   what `load_run(workdir)` returned, if the caller has it already."""
-  config, agent, _ = loaded or load_run(workdir)
-  step, state, _, _ = restore(workdir)
+  loaded = loaded or load_run(workdir)
+  config, agent, _ = loaded
+  step, state, _, _ = restore(workdir, loaded)
   if config.num_seeds > 1:
     state = jax.tree.map(lambda x: x[0], state)
   return config, agent, step, state

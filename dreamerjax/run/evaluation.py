@@ -16,8 +16,9 @@ def checkpoint_returns(workdir: str, episodes: int, seed: int) -> dict:
   `returns` `[K, episodes]` and their mean and standard deviation."""
   if episodes < 1:
     raise ValueError(f'episodes must be at least 1, got {episodes}')
-  config, agent, spec = common.load_run(workdir)
-  step, state, _, _ = common.restore(workdir)
+  loaded = common.load_run(workdir)
+  config, agent, spec = loaded
+  step, state, _, _ = common.restore(workdir, loaded)
   layout = parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
   programs, _, _ = common.build(agent, layout, config, spec)
   returns = np.asarray(common.evaluate(agent, programs, state, config, layout, episodes, seed))

@@ -78,8 +78,9 @@ def checkpoint_policy(workdir: str, out: str, steps: int, envs: int = 4, seed: i
 
 def replay_of_run(workdir: str, out: str, chunk_steps: int = 1000) -> dict:
   """Everything the replay of the run in `workdir` holds (seed 0 of a several-seed run)."""
-  config, agent, _ = common.load_run(workdir)
-  env_step, _, replay_state, _ = common.restore(workdir)
+  loaded = common.load_run(workdir)
+  config, agent, _ = loaded
+  env_step, _, replay_state, _ = common.restore(workdir, loaded)
   if replay_state is None:
     raise ValueError(f'{workdir} is an offline run: it keeps no replay (its data is the dataset '
                      f'{config.run.dataset}); record from its checkpoint with --source=checkpoint')
