@@ -102,7 +102,7 @@ def test_sweep_files():
                 'dmc_proprio.py': (54, 'experiments/dmc_proprio.py'),
                 'variants_cartpole.py': (9, 'experiments/classic.py'),
                 'classic_debug.py': (4, 'experiments/classic.py'),
-                'dmc_cpu_batch4.py': (2, 'experiments/dmc_proprio.py')}
+                'dmc_cpu_batch4.py': (6, 'experiments/dmc_proprio.py')}
     for name, (count, suite) in expected.items():
         module = SWEEP_DIR / name
         assert 'python scripts/sweep.py' in module.read_text(), name  # launch command in docstring
