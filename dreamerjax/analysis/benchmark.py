@@ -352,9 +352,12 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
   counts = params_by_part(agent, state)
-  counted = matmul_flops(agent.train_step, state, data)
+  # Compiled (traced, lowered, compiled: timed) before the FLOP count traces the step, as on
+  # the public side, so that neither side's compile seconds reuse a trace.
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)  # donated
   step = jax.jit(agent.train_step, donate_argnums=0)
   compiled, compile_s, _, calls = _compile_and_time(step, state, data, repeats)
+  counted = matmul_flops(agent.train_step, shapes, data)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
