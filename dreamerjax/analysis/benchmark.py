@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,16 +56,26 @@ def synthetic_batch(obs_space: dict, batch: int, length: int, actions: int, seed
   return jax.tree.map(jnp.asarray, data)
 
 
-def _compile_and_time(step, state, data, repeats: int, warmup: int = 2):
-  """Compiles the jitted `step(state, data)`; returns (compiled, compile seconds, median seconds
-  per call, every call's seconds) over `repeats` calls after `warmup` untimed ones. `state` is
-  donated, so it is threaded through the calls. Two warm-up calls: XLA:CPU's scratch buffer
-  (3.4 GB for the 12m image step) is released only as a call finishes, and the next call often
-  allocates a second one first; on this VM the first touch of fresh memory costs about 30 us per
-  page, a 25-35 s stall once per process. The median, not the mean: that stall can still land in
-  a timed call, and on a shared host other stalls do."""
+class Timing(NamedTuple):
+  compiled: jax.stages.Compiled
+  compile_s: float        # trace + lower + XLA compile
+  step_s: float           # median over the timed calls
+  calls: list[float]      # every timed call's seconds
+  lower_s: float          # trace + lower, the Python part of `compile_s`
+
+
+def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timing:
+  """Traces, lowers and compiles the jitted `step(state, data)` (timed) and times `repeats`
+  calls after `warmup` untimed ones. `state` is donated, so it is threaded through the calls.
+  Two warm-up calls: XLA:CPU's scratch buffer (3.4 GB for the 12m image step) is released only
+  as a call finishes, and the next call often allocates a second one first; on this VM the
+  first touch of fresh memory costs about 30 us per page, a 25-35 s stall once per process.
+  The median, not the mean: that stall can still land in a timed call, and on a shared host
+  other stalls do."""
   start = time.perf_counter()
-  compiled = step.lower(state, data).compile()
+  lowered = step.lower(state, data)
+  lower_s = time.perf_counter() - start
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   for _ in range(warmup):
     state, metrics = compiled(state, data)
@@ -75,7 +86,7 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2):
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
     seconds.append(time.perf_counter() - start)
-  return compiled, compile_s, float(np.median(seconds)), seconds
+  return Timing(compiled, compile_s, float(np.median(seconds)), seconds, lower_s)
 
 
 def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
@@ -122,7 +133,7 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   params = agent.param_counts(state)
   matmul = matmul_flops(agent.train_step, state, data)
   step = jax.jit(agent.train_step, donate_argnums=0)
-  compiled, compile_s, step_s, calls = _compile_and_time(step, state, data, repeats)
+  compiled, compile_s, step_s, calls, _ = _compile_and_time(step, state, data, repeats)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
@@ -208,7 +219,7 @@ def scaling_record(devices: int, per_device_batch: int = 4, length: int = 16,
                  out_shardings=(shardings, layout.replicated), donate_argnums=0)
   batch = devices * per_device_batch
   data = layout.put(jax.device_get(synthetic_batch(OBS_SPACES[obs], batch, length, actions)))
-  _, compile_s, step_s, _ = _compile_and_time(step, state, data, repeats)
+  _, compile_s, step_s, _, _ = _compile_and_time(step, state, data, repeats)
   return {'devices': devices, 'platform': jax.devices()[0].platform, 'size': size, 'obs': obs,
           'per_device_batch': per_device_batch, 'global_batch': batch, 'length': length,
           'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),
@@ -356,15 +367,16 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
   # the public side, so that neither side's compile seconds reuse a trace.
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)  # donated
   step = jax.jit(agent.train_step, donate_argnums=0)
-  compiled, compile_s, _, calls = _compile_and_time(step, state, data, repeats)
+  compiled, compile_s, _, calls, lower_s = _compile_and_time(step, state, data, repeats)
   counted = matmul_flops(agent.train_step, shapes, data)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
           'length': length, 'params_by_part': counts,
           'xla_flops': float(cost.get('flops', float('nan'))) if cost else float('nan'),
-          'counted_flops': counted, 'compile_s': compile_s, 'step_s_calls': calls,
-          'jax': jax.__version__, 'allocator': allocator.active(), 'matmul_peak': matmul_peak()}
+          'counted_flops': counted, 'compile_s': compile_s, 'lower_s': lower_s,
+          'step_s_calls': calls, 'jax': jax.__version__, 'allocator': allocator.active(),
+          'matmul_peak': matmul_peak()}
 
 
 def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,

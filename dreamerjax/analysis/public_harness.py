@@ -119,7 +119,9 @@ def compare(paths: dict, sizes=('1m',), observations=('image', 'vector'), rounds
 def _brief(record: dict) -> dict:
   calls = record['step_s_calls']
   return {'params': record['params_by_part']['total'], 'counted_flops': record['counted_flops'],
-          'compile_s': round(record['compile_s'], 1), 'step_s': [round(t, 2) for t in calls]}
+          'compile_s': round(record['compile_s'], 1),
+          'lower_s': round(record.get('lower_s', float('nan')), 1),
+          'step_s': [round(t, 2) for t in calls]}
 
 
 def _side(records: list[dict]) -> dict:
@@ -131,6 +133,7 @@ def _side(records: list[dict]) -> dict:
   return {'params_by_part': first['params_by_part'], 'xla_flops': first['xla_flops'],
           'counted_flops': first['counted_flops'],
           'compile_s': float(np.median([r['compile_s'] for r in records])),
+          'lower_s': float(np.median([r.get('lower_s', float('nan')) for r in records])),
           'step_s_median': median, 'step_s_min': min(calls), 'step_s_max': max(calls),
           'step_s_calls': calls, 'counted_flops_per_s': first['counted_flops'] / median,
           'xla_flops_per_s': first['xla_flops'] / median}
