@@ -121,3 +121,18 @@ def test_conv_layers_and_their_timings_at_a_tiny_width():
   assert all(r['forward_s'] > 0 and r['gradient_s'] > 0 for r in result['layers'])
   records = benchmark.conv_profile(1, frames=2, impls=('lax', 'rows'), repeats=1)
   assert all(set(r['min_s']) == {'lax', 'rows'} and r['counted_flops'] > 0 for r in records)
+
+
+def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
+  from dreamerjax.analysis import public_harness
+  record = benchmark.side_record('debug', 'vector', batch=2, length=8, actions=3, repeats=1)
+  # Compile seconds hold the trace and lowering (lower_s) and XLA's compile; the FLOP count
+  # comes after, so it cannot have left a trace for the timed lowering to reuse.
+  assert 0 < record['lower_s'] < record['compile_s']
+  assert record['counted_flops'] > 0 and len(record['step_s_calls']) == 1
+  assert record['params_by_part']['total'] == sum(
+      count for part, count in record['params_by_part'].items() if part != 'total')
+  records = [{**record, 'config': config, 'round': 0} for config in ('public', 'public2024')]
+  row = public_harness.summarize(records)['rows'][0]
+  assert row['sides']['public2024']['lower_s'] == record['lower_s']
+  assert row['equal_architecture']['compile_ratio'] == 1.0
