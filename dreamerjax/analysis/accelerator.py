@@ -57,9 +57,9 @@ def seeds_part(size: str, seeds: int, repeats: int, batch: int = 16, length: int
     state = jax.jit(jax.vmap(agent.init))(keys)
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), data)  # noqa: B023
     step = jax.jit(jax.vmap(agent.train_step), donate_argnums=0)
-    _, compile_s, step_s, _, _ = benchmark._compile_and_time(step, state, stacked, repeats)
-    rates[k] = {'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),
-                'replayed_steps_per_s': round(k * batch * length / step_s, 1)}
+    timing = benchmark._compile_and_time(step, state, stacked, repeats)
+    rates[k] = {'compile_s': round(timing.compile_s, 3), 'step_s': round(timing.step_s, 4),
+                'replayed_steps_per_s': round(k * batch * length / timing.step_s, 1)}
   return {'size': size, 'seeds': seeds, 'one': rates[1], 'vmapped': rates[seeds],
           'ratio': round(rates[seeds]['replayed_steps_per_s']
                          / rates[1]['replayed_steps_per_s'], 3),

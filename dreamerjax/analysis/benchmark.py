@@ -133,8 +133,9 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   params = agent.param_counts(state)
   matmul = matmul_flops(agent.train_step, state, data)
   step = jax.jit(agent.train_step, donate_argnums=0)
-  compiled, compile_s, step_s, calls, _ = _compile_and_time(step, state, data, repeats)
-  cost = compiled.cost_analysis()
+  timing = _compile_and_time(step, state, data, repeats)
+  compile_s, step_s, calls = timing.compile_s, timing.step_s, timing.calls
+  cost = timing.compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
   return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
@@ -219,7 +220,8 @@ def scaling_record(devices: int, per_device_batch: int = 4, length: int = 16,
                  out_shardings=(shardings, layout.replicated), donate_argnums=0)
   batch = devices * per_device_batch
   data = layout.put(jax.device_get(synthetic_batch(OBS_SPACES[obs], batch, length, actions)))
-  _, compile_s, step_s, _, _ = _compile_and_time(step, state, data, repeats)
+  timing = _compile_and_time(step, state, data, repeats)
+  compile_s, step_s = timing.compile_s, timing.step_s
   return {'devices': devices, 'platform': jax.devices()[0].platform, 'size': size, 'obs': obs,
           'per_device_batch': per_device_batch, 'global_batch': batch, 'length': length,
           'compile_s': round(compile_s, 3), 'step_s': round(step_s, 4),
@@ -367,15 +369,15 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
   # the public side, so that neither side's compile seconds reuse a trace.
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)  # donated
   step = jax.jit(agent.train_step, donate_argnums=0)
-  compiled, compile_s, _, calls, lower_s = _compile_and_time(step, state, data, repeats)
+  timing = _compile_and_time(step, state, data, repeats)
   counted = matmul_flops(agent.train_step, shapes, data)
-  cost = compiled.cost_analysis()
+  cost = timing.compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
           'length': length, 'params_by_part': counts,
           'xla_flops': float(cost.get('flops', float('nan'))) if cost else float('nan'),
-          'counted_flops': counted, 'compile_s': compile_s, 'lower_s': lower_s,
-          'step_s_calls': calls, 'jax': jax.__version__, 'allocator': allocator.active(),
+          'counted_flops': counted, 'compile_s': timing.compile_s, 'lower_s': timing.lower_s,
+          'step_s_calls': timing.calls, 'jax': jax.__version__, 'allocator': allocator.active(),
           'matmul_peak': matmul_peak()}
 
 
