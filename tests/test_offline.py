@@ -132,7 +132,12 @@ def test_offline_training_steps_the_env_only_to_evaluate(tmp_path, monkeypatch):
     record.checkpoint_policy(workdir, str(tmp_path / 'bad'), steps=8, epsilon=1.5)
   # Evaluating the checkpoint on more episodes than the run did: one return per eval env, the
   # same for the same seed, as the run's own evaluation gives for that seed.
+  builds = []
+  real_build = common.build
+  monkeypatch.setattr(common, 'build', lambda *a: builds.append(a) or real_build(*a))
   row = evaluation.checkpoint_returns(workdir, episodes=3, seed=7)
+  assert len(builds) == 1  # restoring and evaluating share one set of programs
+  monkeypatch.setattr(common, 'build', real_build)
   assert row['env_step'] == summary['updates'] and np.shape(row['returns']) == (1, 3)
   assert np.isclose(row['mean'], np.mean(row['returns']))
   assert evaluation.checkpoint_returns(workdir, episodes=3, seed=7)['returns'] == row['returns']

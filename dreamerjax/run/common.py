@@ -388,16 +388,19 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
   return config, agent, replay_spec(env, agent)
 
 
-def restore(workdir: str, loaded: tuple | None = None
+def restore(workdir: str, loaded: tuple | None = None, built: tuple | None = None
             ) -> tuple[int, Any, replay.ReplayState, dict]:
   """The newest checkpoint of the run in `workdir`: `(step, TrainState, ReplayState, meta)`,
   sharded as the run had them (every process calls it with several processes). The step counts
   env steps; for offline runs it counts updates and the replay is None (they do not save it:
-  it is the dataset). `loaded`: what `load_run(workdir)` returned, if the caller has it already."""
+  it is the dataset). `loaded`: what `load_run(workdir)` returned, and `built`: what `build`
+  returned for it, if the caller has them already (a caller that runs the programs builds them
+  once)."""
   config, agent, spec = loaded or load_run(workdir)
-  mesh = parallel.make_mesh(config.parallel.devices)
-  layout = parallel.Layout(mesh, config.num_seeds)
-  programs, make_state, make_replay = build(agent, layout, config, spec)
+  if built is None:
+    layout = parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
+    built = build(agent, layout, config, spec)
+  programs, make_state, make_replay = built
   with_sharding = lambda tree, shardings: jax.tree.map(  # noqa: E731
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
   abstract = {'agent': with_sharding(jax.eval_shape(make_state), programs.state_sharding)}

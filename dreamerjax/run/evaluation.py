@@ -18,9 +18,10 @@ def checkpoint_returns(workdir: str, episodes: int, seed: int) -> dict:
     raise ValueError(f'episodes must be at least 1, got {episodes}')
   loaded = common.load_run(workdir)
   config, agent, spec = loaded
-  step, state, _, _ = common.restore(workdir, loaded)
   layout = parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
-  programs, _, _ = common.build(agent, layout, config, spec)
+  built = common.build(agent, layout, config, spec)
+  step, state, _, _ = common.restore(workdir, loaded, built)
+  programs = built[0]
   returns = np.asarray(common.evaluate(agent, programs, state, config, layout, episodes, seed))
   returns = returns.reshape(config.num_seeds, episodes)
   return {'workdir': workdir, 'task': config.task, 'env_step': int(step), 'seed': seed,
