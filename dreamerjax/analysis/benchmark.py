@@ -89,6 +89,14 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
   return Timing(compiled, compile_s, float(np.median(seconds)), seconds, lower_s)
 
 
+def xla_flops(compiled: jax.stages.Compiled) -> float:
+  """XLA's own FLOP count of a compiled program (`cost_analysis`, which counts a loop body once),
+  NaN where the backend gives none."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
 def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
                 model: dict | None = None) -> Agent:
   """The agent of a benchmark: preset `size`, `variant`, `model` keys overriding the preset."""
@@ -135,9 +143,7 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   step = jax.jit(agent.train_step, donate_argnums=0)
   timing = _compile_and_time(step, state, data, repeats)
   compile_s, step_s, calls = timing.compile_s, timing.step_s, timing.calls
-  cost = timing.compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  flops = xla_flops(timing.compiled)
   return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],
@@ -371,11 +377,8 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
   step = jax.jit(agent.train_step, donate_argnums=0)
   timing = _compile_and_time(step, state, data, repeats)
   counted = matmul_flops(agent.train_step, shapes, data)
-  cost = timing.compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
-          'length': length, 'params_by_part': counts,
-          'xla_flops': float(cost.get('flops', float('nan'))) if cost else float('nan'),
+          'length': length, 'params_by_part': counts, 'xla_flops': xla_flops(timing.compiled),
           'counted_flops': counted, 'compile_s': timing.compile_s, 'lower_s': timing.lower_s,
           'step_s_calls': timing.calls, 'jax': jax.__version__, 'allocator': allocator.active(),
           'matmul_peak': matmul_peak()}

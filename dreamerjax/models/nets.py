@@ -310,7 +310,7 @@ def _shift_conv_bwd(pad, residuals, g):
     return view.reshape(-1, c).T @ rows
 
   # One loop over the k*k offsets rather than k*k products in the program: the same products
-  # and seconds per call, a quarter of the XLA compile time (docs/benchmarks.md).
+  # and seconds per call, a quarter of each layer gradient's compile time (docs/benchmarks.md).
   dk = jax.lax.map(offset_product, jnp.arange(k * k)).reshape(k, k, c, o)
   return dx, dk.astype(kernel.dtype)
 

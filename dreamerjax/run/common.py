@@ -388,6 +388,11 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
   return config, agent, replay_spec(env, agent)
 
 
+def run_layout(config: ml_collections.ConfigDict) -> parallel.Layout:
+  """The device layout of a saved run: its mesh over `parallel.devices`, its number of seeds."""
+  return parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
+
+
 def restore(workdir: str, loaded: tuple | None = None, built: tuple | None = None
             ) -> tuple[int, Any, replay.ReplayState, dict]:
   """The newest checkpoint of the run in `workdir`: `(step, TrainState, ReplayState, meta)`,
@@ -398,8 +403,7 @@ def restore(workdir: str, loaded: tuple | None = None, built: tuple | None = Non
   once)."""
   config, agent, spec = loaded or load_run(workdir)
   if built is None:
-    layout = parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
-    built = build(agent, layout, config, spec)
+    built = build(agent, run_layout(config), config, spec)
   programs, make_state, make_replay = built
   with_sharding = lambda tree, shardings: jax.tree.map(  # noqa: E731
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

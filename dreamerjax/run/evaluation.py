@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dreamerjax.run import common, parallel
+from dreamerjax.run import common
 
 
 def checkpoint_returns(workdir: str, episodes: int, seed: int) -> dict:
@@ -18,7 +18,7 @@ def checkpoint_returns(workdir: str, episodes: int, seed: int) -> dict:
     raise ValueError(f'episodes must be at least 1, got {episodes}')
   loaded = common.load_run(workdir)
   config, agent, spec = loaded
-  layout = parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
+  layout = common.run_layout(config)
   built = common.build(agent, layout, config, spec)
   step, state, _, _ = common.restore(workdir, loaded, built)
   programs = built[0]
