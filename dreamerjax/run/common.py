@@ -389,7 +389,8 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, Agent, replay.Spe
 
 
 def run_layout(config: ml_collections.ConfigDict) -> parallel.Layout:
-  """The device layout of a saved run: its mesh over `parallel.devices`, its number of seeds."""
+  """The device layout `config` asks for (a new run's or a saved one's): its mesh over
+  `parallel.devices`, its number of seeds."""
   return parallel.Layout(parallel.make_mesh(config.parallel.devices), config.num_seeds)
 
 

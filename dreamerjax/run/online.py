@@ -259,8 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         loop_type: type[OnlineLoop] = OnlineLoop) -> dict:
   """Trains `config.num_seeds` agents online as `config` (from `common.setup`) says, in
   `workdir`, with a loop of `loop_type` (`device_loop.run` passes its own); returns a summary."""
-  mesh = parallel.make_mesh(config.parallel.devices)
-  loop = loop_type(config, workdir, parallel.Layout(mesh, config.num_seeds))
+  loop = loop_type(config, workdir, common.run_layout(config))
   # SIGTERM/SIGINT: stop at the next step and checkpoint; held until that checkpoint is written.
   with common.StopFlag() as stop:
     try:
