@@ -165,6 +165,15 @@ def test_reward_choice_accuracy_of_an_untrained_model_is_chance():
   assert scores == {'observed': 0.5, 'imagined': 0.5}
   assert memory_probe.reward_choice_accuracy(agent.world_model, params, data, 50,
                                              jax.random.key(1))['imagined'] is None
+  # four suits, all tied: a quarter
+  env = memory.RepeatPrevious(k=2)
+  config = configs.resolve(EXPERIMENT.get_config('task=RepeatPrevious-2,arm=rssm,debug'))
+  agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
+  params = agent.world_model.init(jax.random.key(0))
+  data = memory_probe.random_streams(env, num_envs=4, steps=60, seed=0)
+  assert memory_probe.reward_choice_accuracy(agent.world_model, params, data, 2,
+                                             jax.random.key(1)) == {'observed': 0.5,
+                                                                    'imagined': 0.25}
 
 
 def test_choice_accuracy_by_hand():
@@ -173,6 +182,35 @@ def test_choice_accuracy_by_hand():
   assert memory_probe.choice_accuracy(values, [1, 0, 0, 1]) == pytest.approx(2.5 / 4)
   three = np.array([[0.0, 1.0, 2.0], [3.0, 1.0, 2.0]])
   assert memory_probe.choice_accuracy(three, [1, 0]) == 0.5  # beaten by action 2; top
+  # three actions tie for the top with the right one: a third; all four tie: a quarter
+  ties = np.array([[1.0, 1.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+  assert memory_probe.choice_accuracy(ties, [0, 2]) == pytest.approx((1 / 3 + 1 / 4) / 2)
+
+
+def test_repeat_previous_recall_labels_and_answer_steps():
+  # RepeatPrevious-2: the label at delay 2 is the card seen two steps back, which is exactly the
+  # suit the env scores (truth/target) at every step 2 or more into an episode.
+  env = memory.RepeatPrevious(k=2)
+  data = memory_probe.random_streams(env, num_envs=3, steps=120, seed=0)  # crosses an episode end
+  at, labels = memory_probe.recall_labels(data, 2)
+  elapsed = memory_probe.elapsed_steps(data['is_first'])
+  np.testing.assert_array_equal(at, elapsed >= 2)
+  np.testing.assert_array_equal(labels[at], data['truth/target'][at])
+  np.testing.assert_array_equal(labels[0, 5], data['vector'][0, 3])
+  at0, labels0 = memory_probe.recall_labels(data, 0)
+  assert at0.all() and (labels0 == data['vector']).all()
+  query, right = memory_probe.answer_steps(data, 2)
+  np.testing.assert_array_equal(query, (elapsed >= 2) & ~data['is_last'])
+  np.testing.assert_array_equal(right[query], np.argmax(data['truth/target'][query], -1))
+  # the action after a query step earns +1/(T - k) exactly when it names `right`
+  rewards = data['reward'][:, 1:][query[:, :-1]]
+  named = np.argmax(data['action'][:, 1:], -1)[query[:, :-1]] == right[:, :-1][query[:, :-1]]
+  np.testing.assert_allclose(rewards, np.where(named, 1.0, -1.0) / (env.episode_length - 2))
+  # one-hot labels score by the largest prediction
+  assert memory_probe.label_accuracy(np.array([[0.1, 0.7, 0.1, 0.1], [0.5, 0.2, 0.2, 0.1]]),
+                                     np.eye(4)[[1, 2]]) == 0.5
+  with pytest.raises(ValueError, match='truth/cue .* or truth/target'):
+    memory_probe.recall_labels({'is_first': data['is_first']}, 1)
 
 
 def test_table_from_run_folders(tmp_path):
@@ -194,8 +232,9 @@ def test_table_from_run_folders(tmp_path):
   assert open(paths['plot'], 'rb').read(4) == b'\x89PNG'
 
 
-def test_world_model_tier_end_to_end(tmp_path):
-  config = EXPERIMENT.get_config('task=CueRecall-3,arm=rssm,debug')
+@pytest.mark.parametrize('task', ['CueRecall-3', 'RepeatPrevious-3'])
+def test_world_model_tier_end_to_end(tmp_path, task):
+  config = EXPERIMENT.get_config(f'task={task},arm=rssm,debug')
   config.run.batch_length = 16
   result = memory_probe.world_model_tier(config, updates=10, num_envs=8, steps=80, delays=(0, 3),
                                          probe_steps=100, out_dir=str(tmp_path))
@@ -205,7 +244,10 @@ def test_world_model_tier_end_to_end(tmp_path):
   assert all(0.0 <= value <= 1.0 for value in result['reward_accuracy'].values())
   assert json.load(open(tmp_path / memory_probe.TIER_FILE))['span'] == 3
   text = '\n'.join(memory_table.tier_markdown([result]))
+  family = task.partition('-')[0]
+  assert f'## World model only (random-policy data): {family}' in text
   assert "| rssm | 3 | 10 | 1 |" in text
+  assert f'{memory_table.CHANCE[family]:g} is chance' in text
 
 
 def test_world_model_tier_table_aggregates_seeds(tmp_path):
@@ -231,10 +273,16 @@ def test_world_model_tier_table_aggregates_seeds(tmp_path):
   order = [text.index(f'| {label} |') for label in memory_table.TIER_ORDER]
   assert order == sorted(order)  # rssm, the context-8 control, the L+1 Transformer, ssm, oracle
   tiers.append({**tiers[0], 'updates': 4000})  # a longer-trained series is drawn beside
+  # another task family gets its own table and axes
+  tiers.append({**result(0, 'rssm', 8, {'0': 1.0, '4': 0.6, '8': 0.3}),
+                'task': 'jax:RepeatPrevious-8'})
   for index, tier in enumerate(tiers):
     folder = tmp_path / f'wm_{index}'
     folder.mkdir()
     (folder / memory_probe.TIER_FILE).write_text(json.dumps(tier))
   paths = memory_table.write(str(tmp_path))
   assert open(paths['world_model_plot'], 'rb').read(4) == b'\x89PNG'
+  text = open(paths['markdown']).read()
+  assert text.index('random-policy data): CueRecall') < text.index('data): RepeatPrevious')
+  assert '| rssm | 8 | 1000 | 1 | 1.00 / 0.60 / 0.30 |' in text
   assert 'plot' not in paths  # no trained runs, no success plot

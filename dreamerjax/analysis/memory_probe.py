@@ -1,13 +1,17 @@
-"""Does a world model's latent hold the cue d steps after it was shown? Probes for the memory suite.
+"""Does a world model's latent hold what it saw d steps ago? Probes for the memory suite.
 
-* `cue_accuracy`: from the filtered (posterior) features of the steps `d` steps into an episode,
-  an MLP probe (`probes.fit_probe`) predicts the env's `truth/cue` (±1); the score is the share
-  of held-out episodes (the streams of the last quarter of the envs) whose sign it gets right.
-  0.5 is chance; at d = 0 the cue is in the observation itself.
-* `probe_run`: that accuracy at delay L for every seed of a trained run of experiments/memory.py
-  (the run's own policy acting), written to `<workdir>/memory_probe.json` for the memory table.
-* `world_model_tier`: the cheap tier that runs at every L: a world model alone (no actor-critic)
-  trained on random-policy data of the vmapped JAX env, then probed at several delays.
+* `recall_accuracy`: from the filtered (posterior) features, an MLP probe (`probes.fit_probe`)
+  predicts what the task asks the agent to remember (`recall_labels`): on CueRecall the ±1 cue,
+  from the steps `d` steps into an episode (0.5 is chance); on RepeatPrevious the suit of the card
+  seen `d` steps before, from every step at least `d` in (0.25 is chance). The score is the share
+  of held-out steps (the streams of the last quarter of the envs) it gets right; at d = 0 the
+  answer is in the observation itself.
+* `probe_run`: that accuracy at delay L (or k) for every seed of a trained run of
+  experiments/memory.py (the run's own policy acting), written to `<workdir>/memory_probe.json`
+  for the memory table.
+* `world_model_tier`: the cheap tier that runs at every L or k: a world model alone (no
+  actor-critic) trained on random-policy data of the vmapped JAX env, then probed at several
+  delays.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from dreamerjax.run.offline import add_many
 
 PROBE_FILE = 'memory_probe.json'
 TIER_FILE = 'memory_world_model.json'
-CUE = 'truth/cue'
+CUE = 'truth/cue'        # CueRecall: the episode's ±1 cue
+TARGET = 'truth/target'  # RepeatPrevious: the one-hot suit the action should name
 
 
 def elapsed_steps(is_first: np.ndarray) -> np.ndarray:
@@ -51,31 +56,72 @@ def sign_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
   return float(np.mean(agree))
 
 
-def cue_accuracy(world_model, params, data: dict, delays, key: jax.Array,
-                 probe_steps: int = 1000, test_fraction: float = 0.25) -> dict[int, float | None]:
-  """`{d: accuracy}` of probes from the filtered features `d` steps into an episode to the cue
-  (`data`: `[N, T]` streams with obs keys, `action`, `is_first` and `truth/cue`); None where the
+def _truth_key(data: dict) -> str:
+  """`truth/cue` or `truth/target`, whichever the streams hold; a ValueError for neither."""
+  for key in (CUE, TARGET):
+    if key in data:
+      return key
+  raise ValueError(f'recall probes need {CUE} (CueRecall) or {TARGET} (RepeatPrevious) in the '
+                   f'data; got {sorted(k for k in data if k.startswith("truth/"))}')
+
+
+def recall_labels(data: dict, delay: int) -> tuple[np.ndarray, np.ndarray]:
+  """What a latent should recall `delay` steps on, per step of `[N, T]` streams: `(at [N, T],
+  labels [N, T, C])`. CueRecall (`truth/cue` in `data`): the ±1 cue (C = 1) at the steps exactly
+  `delay` into an episode. RepeatPrevious (`truth/target`): the one-hot suit (C = 4) of the card
+  observed `delay` steps before, at every step at least `delay` into an episode."""
+  elapsed = elapsed_steps(data['is_first'])
+  if _truth_key(data) == CUE:
+    return elapsed == delay, np.asarray(data[CUE], np.float32).reshape(*elapsed.shape, 1)
+  cards = np.asarray(data['vector'], np.float32)
+  labels = np.zeros_like(cards)
+  labels[:, delay:] = cards[:, :cards.shape[1] - delay]
+  return elapsed >= delay, labels
+
+
+def label_accuracy(prediction: np.ndarray, labels: np.ndarray) -> float:
+  """`sign_accuracy` for ±1 labels `[M, 1]`; for one-hot labels `[M, C]`, the share of rows whose
+  largest prediction is the labelled class."""
+  prediction, labels = np.asarray(prediction), np.asarray(labels)
+  if labels.shape[-1] == 1:
+    return sign_accuracy(prediction, labels)
+  return float(np.mean(np.argmax(prediction, -1) == np.argmax(labels, -1)))
+
+
+def recall_accuracy(world_model, params, data: dict, delays, key: jax.Array,
+                    probe_steps: int = 1000,
+                    test_fraction: float = 0.25) -> dict[int, float | None]:
+  """`{d: accuracy}` of probes from the filtered features to `recall_labels(data, d)` (`data`:
+  `[N, T]` streams with obs keys, `action`, `is_first` and the task's truth); None where the
   train or test envs hold no such step."""
-  if CUE not in data:
-    raise ValueError(f'cue probes need {CUE} in the data (CueRecall tasks); got '
-                     f'{sorted(k for k in data if k.startswith("truth/"))}')
+  _truth_key(data)  # a clear error before the features are computed
   features, index = probes.latent_features(world_model, params, data, (probes.FILTERED,),
                                            key)[probes.FILTERED]
   envs = data['is_first'].shape[0]
   held = max(1, round(envs * test_fraction))
-  elapsed = elapsed_steps(data['is_first'])[index[:, 0], index[:, 1]]
-  cue = np.asarray(data[CUE])[index[:, 0], index[:, 1]].reshape(-1, 1)
   test = index[:, 0] >= envs - held
   scores: dict[int, float | None] = {}
   for delay in delays:
-    at = elapsed == delay
+    at, labels = recall_labels(data, int(delay))
+    at, labels = at[index[:, 0], index[:, 1]], labels[index[:, 0], index[:, 1]]
     if not (at & ~test).any() or not (at & test).any():
       scores[int(delay)] = None
       continue
-    prediction = probes.fit_probe(features[at & ~test], cue[at & ~test], features[at & test],
+    prediction = probes.fit_probe(features[at & ~test], labels[at & ~test], features[at & test],
                                   jax.random.fold_in(key, int(delay)), steps=probe_steps)
-    scores[int(delay)] = sign_accuracy(prediction, cue[at & test])
+    scores[int(delay)] = label_accuracy(prediction, labels[at & test])
   return scores
+
+
+def answer_steps(data: dict, span: int) -> tuple[np.ndarray, np.ndarray]:
+  """The steps whose next action is scored, and the action that earns there: `(at [N, T], right
+  [N, T])`. CueRecall: the query step (`span` steps into an episode), the action naming the cue;
+  RepeatPrevious: every step at least `span` in but an episode's last, the suit `span` back."""
+  elapsed = elapsed_steps(data['is_first'])
+  if _truth_key(data) == CUE:
+    return elapsed == span, (np.asarray(data[CUE])[..., 0] > 0).astype(np.int64)
+  return ((elapsed >= span) & ~np.asarray(data['is_last'], bool),
+          np.argmax(np.asarray(data[TARGET]), -1))
 
 
 def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.Array,
@@ -84,15 +130,16 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
 
   `observed`: the share of steps with a nonzero reward (the answers) whose predicted reward, from
   the filtered features, has the reward's sign. `imagined`: from the filtered state at each query
-  step (`span` steps into an episode), one imagined step per action; the share where the action
-  that names the cue gets the higher predicted reward (a tie counts one half). `data` as for
-  `cue_accuracy`; episodes count from the streams' first step. None where no such step exists."""
+  step (`answer_steps`: on CueRecall `span` steps into an episode), one imagined step per action;
+  the share where the action that earns gets the highest predicted reward (ties as in
+  `choice_accuracy`). `data` as for `recall_accuracy`; episodes count from the streams' first
+  step. None where no such step exists."""
   dynamics = world_model.dynamics
   obs = {k: jnp.asarray(v) for k, v in data.items()}
   num_envs = obs['is_first'].shape[0]
   is_first = obs['is_first'].at[:, 0].set(True)
   actions = obs['action'].shape[-1]
-  query = elapsed_steps(data['is_first']) == span
+  query, right = answer_steps(data, span)
 
   @jax.jit
   def score(part, first, key):
@@ -120,7 +167,7 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
     answers.append(true[true != 0])
     at = query[start:start + chunk]
     values.append(imagined[at])
-    rights.append((np.asarray(part[CUE])[..., 0] > 0).astype(np.int64)[at])
+    rights.append(right[start:start + chunk][at])
   answers, rights = np.concatenate(answers), np.concatenate(rights)
   return {'observed': sign_accuracy(np.concatenate(predicted), answers) if answers.size else None,
           'imagined': choice_accuracy(np.concatenate(values), rights) if rights.size else None}
@@ -128,11 +175,12 @@ def reward_choice_accuracy(world_model, params, data: dict, span: int, key: jax.
 
 def choice_accuracy(values: np.ndarray, right: np.ndarray) -> float:
   """Share of rows of `values [M, A]` (a predicted value per action) whose `right [M]` action is
-  valued above every other; a tie for the top with it counts one half (A = 2)."""
+  valued above every other; where n actions tie for the top with it, the row counts 1 / n (what
+  picking among them at random earns: a model that values every action alike scores 1 / A)."""
   values, right = np.asarray(values, np.float64), np.asarray(right)
+  top = values.max(1, keepdims=True)
   own = values[np.arange(len(right)), right]
-  others = np.max(np.where(np.eye(values.shape[1], dtype=bool)[right], -np.inf, values), 1)
-  return float(np.mean(np.where(own == others, 0.5, own > others)))
+  return float(np.mean(np.where(own == top[:, 0], 1.0 / np.sum(values == top, 1), 0.0)))
 
 
 # ----------------------------------------------------------------------------- trained runs
@@ -140,9 +188,9 @@ def choice_accuracy(values: np.ndarray, right: np.ndarray) -> float:
 
 def probe_run(workdir: str, steps: int = 1000, num_envs: int = 8, probe_steps: int = 1000,
               seed: int = 12345) -> dict:
-  """Cue accuracy at delays 0 and L of every seed of the run in `workdir` (a CueRecall run of
-  experiments/memory.py), from `steps` steps of `num_envs` envs acting with that seed's policy;
-  writes and returns `<workdir>/memory_probe.json`."""
+  """Recall accuracy at delays 0 and L (k) of every seed of the run in `workdir` (a CueRecall or
+  RepeatPrevious run of experiments/memory.py), from `steps` steps of `num_envs` envs acting with
+  that seed's policy; writes and returns `<workdir>/memory_probe.json`."""
   loaded = common.load_run(workdir)
   config, agent, _ = loaded
   span = memory.span(config.task)
@@ -155,7 +203,7 @@ def probe_run(workdir: str, steps: int = 1000, num_envs: int = 8, probe_steps: i
     act = lambda carry, obs, key, s=seed_state: policy(s, carry, obs, key)  # noqa: E731
     data = probes.collect(act, agent.initial_policy_carry, agent.env_action, config, steps,
                           num_envs, seed + k)
-    scores = cue_accuracy(agent.world_model, seed_state.params['world_model'], data,
+    scores = recall_accuracy(agent.world_model, seed_state.params['world_model'], data,
                           (0, span), jax.random.fold_in(key, k), probe_steps)
     accuracy.append({str(d): v for d, v in scores.items()})
   result = {'task': config.task, 'span': span, 'step': int(step), 'seeds': config.num_seeds,
@@ -242,16 +290,16 @@ def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, l
 def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num_envs: int = 16,
                      steps: int | None = None, delays=None, probe_steps: int = 1000,
                      seed: int = 0, out_dir: str | None = None) -> dict:
-  """The world-model-only tier on a CueRecall task of `config` (e.g. experiments/memory.py's,
-  any arm but random): random-policy streams (`steps` per env, default 40 episodes), `updates`
-  world-model updates of `run.batch_size x run.batch_length`, then `cue_accuracy` at `delays`
+  """The world-model-only tier on a memory task of `config` (e.g. experiments/memory.py's, any
+  arm but random): random-policy streams (`steps` per env, default 40 episodes), `updates`
+  world-model updates of `run.batch_size x run.batch_length`, then `recall_accuracy` at `delays`
   (default 0, L/2, L) on as many fresh random-policy steps. Writes `memory_world_model.json` to
   `out_dir` if given; returns the result with its measured seconds."""
   config = configs.resolve(config)
   configs.validate(config)
   env = jax_envs.resolve(config.task.removeprefix('jax:'))
   span = memory.span(config.task)
-  steps = steps or 40 * (span + 1)
+  steps = steps or 40 * env.episode_length
   delays = tuple(delays) if delays is not None else (0, span // 2, span)
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
   start = time.perf_counter()
@@ -261,7 +309,7 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   # As many fresh steps, in 4x the envs: shorter streams keep the filtered pass over each small.
   probe_data = random_streams(env, 4 * num_envs, max(span + 2, steps // 4), seed + 1)
   probe_start = time.perf_counter()
-  accuracy = cue_accuracy(agent.world_model, params, probe_data, delays,
+  accuracy = recall_accuracy(agent.world_model, params, probe_data, delays,
                           jax.random.key(seed + 2), probe_steps)
   reward = reward_choice_accuracy(agent.world_model, params, probe_data, span,
                                   jax.random.key(seed + 3))

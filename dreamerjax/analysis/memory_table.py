@@ -5,8 +5,9 @@ Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the 
 * success: the score of each seed (`tables.score_run` on `eval/success`: its mean over the
   evaluations in the last 10% of the budget), as the mean over seeds with a 95% percentile
   bootstrap interval (seeds resampled, `tables.stratified_bootstrap`);
-* probe: the accuracy of the cue from the world model's filtered features at delay L, mean over
-  seeds (`memory_probe.probe_run`, read from `<run>/memory_probe.json`; '-' if not probed);
+* probe: the accuracy of what the task asks to recall (the cue; the suit k cards back) from the
+  world model's filtered features at delay L or k, mean over seeds (`memory_probe.probe_run`, read
+  from `<run>/memory_probe.json`; '-' if not probed);
 * steps to 90%: the median over seeds of the first env step whose evaluation reached 0.9 success
   ('never' when most seeds did not; the count that did in brackets);
 * s/update: wall seconds per update of all seeds together over the training part of the run
@@ -15,8 +16,8 @@ Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the 
   projected at the budget from its rate since training began (marked `~`).
 
 The world-model-only tier (`memory_probe.world_model_tier`, one `memory_world_model.json` per
-folder, one per seed) gets a table of its own, seeds aggregated: cue accuracy at delays 0, L/2
-and L per dynamics, and a plot of the accuracy at delay L against L.
+folder, one per seed) gets a table per task family, seeds aggregated: recall accuracy at delays
+0, L/2 and L per dynamics, and a plot of the accuracy at delay L against L.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ from dreamerjax.run import configs, sweeps
 SUCCESS_KEY = 'eval/success'
 THRESHOLD = 0.9
 EXPERIMENT = os.path.join(sweeps.REPOSITORY_ROOT, 'experiments', 'memory.py')
+# What a policy or probe that knows nothing scores, per task family: a coin flip on the cue; one
+# of four suits.
+CHANCE = {'CueRecall': 0.5, 'RepeatPrevious': 0.25}
 
 
 def experiment():
@@ -120,13 +124,19 @@ def projected_seconds(rows: list[dict], budget: int) -> float | None:
   return float(last['run/seconds'] + (budget - last['step']) * rate)
 
 
+def family_of(task: str) -> str:
+  """`CueRecall` for `jax:CueRecall-30` and `CueRecallOracle-30`, `RepeatPrevious` for
+  `RepeatPrevious-8`."""
+  return task.removeprefix('jax:').rpartition('-')[0].replace('Oracle', '')
+
+
 def read_cell(workdir: str, arm_of=None) -> Cell:
   """The cell of one run folder (every seed of it)."""
   with open(os.path.join(workdir, tables.CONFIG_FILE), encoding='utf-8') as f:
     config = json.load(f)
   arm = (arm_of or experiment().arm_of)(config)
   task = config['task'].removeprefix('jax:')
-  family = task.rpartition('-')[0].replace('Oracle', '')
+  family = family_of(task)
   scored = tables.score_run(workdir, key=SUCCESS_KEY, threshold=THRESHOLD)
   histories = tables.seed_histories(workdir)
   probe = ()
@@ -172,9 +182,10 @@ def markdown(cells: list[Cell], tiers: list[dict] | None = None, root: str = '')
   arms_order = experiment().ARMS
   lines = [f'# Memory experiment: {root}', '',
            f'success: `{SUCCESS_KEY}` over the last 10% of the budget, mean over seeds '
-           f'[95% bootstrap interval, {tables.BOOTSTRAP_REPS} resamples] (seeds); probe: cue '
-           'accuracy from the filtered features at delay L (0.5 is chance); steps to 90%: median '
-           'over seeds of the first evaluation with success >= 0.9 (seeds that got there); '
+           f'[95% bootstrap interval, {tables.BOOTSTRAP_REPS} resamples] (seeds); probe: '
+           'accuracy of the cue (CueRecall; 0.5 is chance) or of the suit k cards back '
+           '(RepeatPrevious; 0.25) from the filtered features at delay L or k; steps to 90%: '
+           'median over seeds of the first evaluation with success >= 0.9 (seeds that got there); '
            's/update: wall seconds per update of all seeds, acting included; minutes: wall minutes '
            'of the run (~: projected at the budget from an unfinished run).', '']
   for family in sorted({cell.family for cell in cells}):
@@ -226,12 +237,26 @@ def _tier_rank(label: str) -> tuple:
   return (TIER_ORDER.index(label) if label in TIER_ORDER else len(TIER_ORDER), label)
 
 
+def tier_family(result: dict) -> str:
+  """The task family of a tier result (results written without a task were CueRecall's)."""
+  return family_of(result.get('task', 'CueRecall-0'))
+
+
 def tier_groups(tiers: list[dict]) -> dict[tuple[str, int, int], list[dict]]:
-  """Tier results grouped by (dynamics label, span, updates): one entry per seed."""
+  """Tier results of one task family grouped by (dynamics label, span, updates): one entry per
+  seed."""
   grouped = collections.defaultdict(list)
   for result in tiers:
     grouped[(tier_label(result), result['span'], result['updates'])].append(result)
   return grouped
+
+
+def by_family(items, family_of_item) -> dict[str, list]:
+  """`items` split by task family, families in name order."""
+  split = collections.defaultdict(list)
+  for item in items:
+    split[family_of_item(item)].append(item)
+  return dict(sorted(split.items()))
 
 
 def tier_accuracy(results: list[dict]) -> dict[int, list[float]]:
@@ -252,48 +277,67 @@ def _spread(values: list[float]) -> str:
   return f'{np.mean(values):.2f}{spread}'
 
 
+TIER_TEXT = {
+    'CueRecall': 'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance); '
+                 'reward choice: the share of query steps where one imagined step values the '
+                 'answer that names the cue above the other',
+    'RepeatPrevious': 'Accuracy of a probe on the filtered features naming the suit of the card '
+                      'seen d steps before (0.25 is chance); reward choice: the share of scored '
+                      'steps where one imagined step values the suit k cards back above the '
+                      'other three'}
+
+
 def tier_markdown(tiers: list[dict]) -> list[str]:
-  """The world-model-only tier: cue accuracy at 0, L/2 and L and the reward choice per dynamics
-  (mean over seeds, with the lowest and highest seed when there are several), and its cost."""
-  lines = ['## World model only (random-policy data)', '',
-           'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance); reward '
-           'choice: the share of query steps where one imagined step values the answer that names '
-           'the cue above the other (`memory_probe.reward_choice_accuracy`; 0.5 is chance, what '
-           'the actor can learn from); mean over seeds [lowest, highest seed].', '',
-           '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | reward choice | '
-           's/update | total s |',
-           '|---|---|---|---|---|---|---|---|']
-  grouped = tier_groups(tiers)
-  for label, span, updates in sorted(grouped, key=lambda key: (_tier_rank(key[0]), *key[1:])):
-    results = grouped[(label, span, updates)]
-    cells = [_spread(values) for values in tier_accuracy(results).values()]
-    choice = _spread([result['reward_accuracy']['imagined'] for result in results
-                      if (result.get('reward_accuracy') or {}).get('imagined') is not None])
-    seconds = np.mean([result['seconds_per_update'] for result in results])
-    total = np.mean([result['total_seconds'] for result in results])
-    lines.append(f'| {label} | {span} | {updates} | {len(results)} | {" / ".join(cells)} | '
-                 f'{choice} | {seconds:.3f} | {total:.0f} |')
-  return lines + ['']
+  """The world-model-only tier, one table per task family: recall accuracy at 0, L/2 and L and
+  the reward choice per dynamics (mean over seeds, with the lowest and highest seed when there
+  are several), and its cost."""
+  lines = []
+  for family, results_of_family in by_family(tiers, tier_family).items():
+    chance = CHANCE.get(family, 0.5)
+    lines += [f'## World model only (random-policy data): {family}', '',
+              f'{TIER_TEXT.get(family, TIER_TEXT["CueRecall"])} '
+              f'(`memory_probe.reward_choice_accuracy`; {chance:g} is chance, what the actor can '
+              'learn from); mean over seeds [lowest, highest seed].', '',
+              '| dynamics | L | updates | seeds | accuracy at d = 0 / L/2 / L | reward choice | '
+              's/update | total s |',
+              '|---|---|---|---|---|---|---|---|']
+    grouped = tier_groups(results_of_family)
+    for label, span, updates in sorted(grouped, key=lambda key: (_tier_rank(key[0]), *key[1:])):
+      results = grouped[(label, span, updates)]
+      cells = [_spread(values) for values in tier_accuracy(results).values()]
+      choice = _spread([result['reward_accuracy']['imagined'] for result in results
+                        if (result.get('reward_accuracy') or {}).get('imagined') is not None])
+      seconds = np.mean([result['seconds_per_update'] for result in results])
+      total = np.mean([result['total_seconds'] for result in results])
+      lines.append(f'| {label} | {span} | {updates} | {len(results)} | {" / ".join(cells)} | '
+                   f'{choice} | {seconds:.3f} | {total:.0f} |')
+    lines.append('')
+  return lines
 
 
-def _span_axes():
-  """A figure with one axes for a quantity against the memory span L (log scale)."""
+def _span_axes(families: list[str]):
+  """A figure with one axes per task family for a quantity against the memory span L or k (log
+  scale), each with its chance level dotted."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(9, 4), dpi=100)
+  fig = Figure(figsize=(9, 4 * len(families)), dpi=100)
   FigureCanvasAgg(fig)
-  ax = fig.add_subplot(1, 1, 1)
-  ax.set_xscale('log')
-  ax.set_xlabel('memory span L (steps)')
-  ax.axhline(0.5, color='gray', lw=0.8, ls=':')  # chance, for success and cue accuracy alike
-  ax.grid(alpha=0.3)
-  return fig, ax
+  axes = {}
+  for index, family in enumerate(families):
+    ax = fig.add_subplot(len(families), 1, index + 1)
+    ax.set_xscale('log')
+    ax.set_xlabel(f'memory span {"k" if family == "RepeatPrevious" else "L"} (steps), {family}')
+    ax.axhline(CHANCE.get(family, 0.5), color='gray', lw=0.8, ls=':')
+    ax.grid(alpha=0.3)
+    axes[family] = ax
+  return fig, axes
 
 
-def _save(fig, ax, path: str) -> str:
-  """The legend beside the axes, then `fig` as a PNG at `path`."""
-  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
+def _save(fig, axes: dict, path: str) -> str:
+  """The legend beside each axes, then `fig` as a PNG at `path`."""
+  for ax in axes.values():
+    ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format='png')
@@ -301,47 +345,54 @@ def _save(fig, ax, path: str) -> str:
 
 
 def tier_plot(tiers: list[dict], path: str) -> str:
-  """World-model tier: cue accuracy at delay L against L per dynamics and update count (each
-  seed a dot, the mean a line; dashed: update counts other than the most common), PNG."""
-  fig, ax = _span_axes()
-  grouped = tier_groups(tiers)
-  usual = collections.Counter(updates for _, _, updates in grouped).most_common(1)[0][0]
-  series = sorted({(label, updates) for label, _, updates in grouped},
-                  key=lambda item: (item[1] != usual, _tier_rank(item[0]), item[1]))
-  labels = sorted({label for label, _ in series}, key=_tier_rank)
-  for label, updates in series:
-    color = f'C{labels.index(label)}'
-    points = []
-    for span in sorted(span for key, span, count in grouped if (key, count) == (label, updates)):
-      values = tier_accuracy(grouped[(label, span, updates)]).get(span, [])
-      if values:
-        points.append((span, float(np.mean(values))))
-        ax.scatter([span] * len(values), values, color=color, s=12, alpha=0.5)
-    if points:
-      spans, means = zip(*points, strict=True)
-      ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
-              label=f'{label}, {updates} updates')
-  ax.set_ylabel('cue probe accuracy at delay L')
-  ax.set_ylim(0.3, 1.05)
-  ax.set_title('World model only, random-policy data')
-  return _save(fig, ax, path)
+  """World-model tier: recall accuracy at delay L against L per dynamics and update count, one
+  axes per task family (each seed a dot, the mean a line; dashed: update counts other than the
+  most common), PNG."""
+  families = by_family(tiers, tier_family)
+  fig, axes = _span_axes(list(families))
+  for family, results in families.items():
+    ax, grouped = axes[family], tier_groups(results)
+    usual = collections.Counter(updates for _, _, updates in grouped).most_common(1)[0][0]
+    series = sorted({(label, updates) for label, _, updates in grouped},
+                    key=lambda item: (item[1] != usual, _tier_rank(item[0]), item[1]))
+    labels = sorted({label for label, _ in series}, key=_tier_rank)
+    for label, updates in series:
+      color = f'C{labels.index(label)}'
+      points = []
+      for span in sorted(span for key, span, count in grouped
+                         if (key, count) == (label, updates)):
+        values = tier_accuracy(grouped[(label, span, updates)]).get(span, [])
+        if values:
+          points.append((span, float(np.mean(values))))
+          ax.scatter([span] * len(values), values, color=color, s=12, alpha=0.5)
+      if points:
+        spans, means = zip(*points, strict=True)
+        ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
+                label=f'{label}, {updates} updates')
+    ax.set_ylabel('probe accuracy at delay L')
+    ax.set_ylim(CHANCE.get(family, 0.5) - 0.2, 1.05)
+    ax.set_title(f'World model only, random-policy data: {family}')
+  return _save(fig, axes, path)
 
 
 def plot(cells: list[Cell], path: str) -> str:
-  """Success against L per arm (mean over seeds, bootstrap interval as error bars), PNG."""
-  fig, ax = _span_axes()
+  """Success against L (or k) per arm, one axes per task family (mean over seeds, bootstrap
+  interval as error bars), PNG."""
+  families = by_family([cell for cell in cells if cell.scores], lambda cell: cell.family)
+  fig, axes = _span_axes(list(families))
   arms = [arm for arm in experiment().ARMS if any(cell.arm == arm for cell in cells)]
-  for index, arm in enumerate(arms):
-    points = sorted((cell.span, cell.mean, *bootstrap_interval(cell.scores))
-                    for cell in cells if cell.arm == arm and cell.scores)
-    if not points:
-      continue
-    spans, means, lows, highs = (np.asarray(column) for column in zip(*points, strict=True))
-    ax.errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-', capsize=3,
-                color=f'C{index}', label=arm)
-  ax.set_ylabel(f'success ({SUCCESS_KEY})')
-  ax.set_ylim(-0.05, 1.05)
-  return _save(fig, ax, path)
+  for family, members in families.items():
+    for index, arm in enumerate(arms):
+      points = sorted((cell.span, cell.mean, *bootstrap_interval(cell.scores))
+                      for cell in members if cell.arm == arm)
+      if not points:
+        continue
+      spans, means, lows, highs = (np.asarray(column) for column in zip(*points, strict=True))
+      axes[family].errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-',
+                            capsize=3, color=f'C{index}', label=arm)
+    axes[family].set_ylabel(f'success ({SUCCESS_KEY})')
+    axes[family].set_ylim(-0.05, 1.05)
+  return _save(fig, axes, path)
 
 
 def write(root: str, out: str | None = None) -> dict:

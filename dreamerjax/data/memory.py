@@ -73,6 +73,11 @@ class CueRecall(_VectorTask):
     if self.length < 1:
       raise ValueError(f'CueRecall length must be >= 1, got {self.length}')
 
+  @property
+  def episode_length(self) -> int:
+    """Actions per episode: the answer is the (L+1)-th."""
+    return self.length + 1
+
   def reset(self, key: jax.Array) -> tuple[CueState, jax.Array]:
     state = CueState(jnp.where(jax.random.bernoulli(key), 1, -1).astype(jnp.int32),
                      jnp.int32(0))
