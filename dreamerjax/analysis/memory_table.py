@@ -335,8 +335,13 @@ def _span_axes(families: list[str]):
 
 
 def _save(fig, axes: dict, path: str) -> str:
-  """The legend beside each axes, then `fig` as a PNG at `path`."""
+  """Each axes' spans as its ticks and its legend beside it, then `fig` as a PNG at `path`."""
   for ax in axes.values():
+    spans = sorted({float(x) for line in ax.get_lines() if not line.get_label().startswith('_')
+                    for x in line.get_xdata()})  # the series; not the chance line
+    if spans:
+      ax.set_xticks(spans, [f'{x:g}' for x in spans])
+      ax.minorticks_off()
     ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
