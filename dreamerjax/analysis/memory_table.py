@@ -305,8 +305,7 @@ def tier_markdown(tiers: list[dict]) -> list[str]:
     for label, span, updates in sorted(grouped, key=lambda key: (_tier_rank(key[0]), *key[1:])):
       results = grouped[(label, span, updates)]
       cells = [_spread(values) for values in tier_accuracy(results).values()]
-      choice = _spread([result['reward_accuracy']['imagined'] for result in results
-                        if (result.get('reward_accuracy') or {}).get('imagined') is not None])
+      choice = _spread(reward_choices(results))
       seconds = np.mean([result['seconds_per_update'] for result in results])
       total = np.mean([result['total_seconds'] for result in results])
       lines.append(f'| {label} | {span} | {updates} | {len(results)} | {" / ".join(cells)} | '
@@ -315,68 +314,90 @@ def tier_markdown(tiers: list[dict]) -> list[str]:
   return lines
 
 
-def _span_axes(families: list[str]):
-  """A figure with one axes per task family for a quantity against the memory span L or k (log
-  scale), each with its chance level dotted."""
+def _span_axes(families: list[str], columns: int = 1):
+  """A figure with a row of `columns` axes per task family, for quantities against the memory
+  span L or k (log scale), each with the family's chance level dotted; axes keyed by (family,
+  column)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(9, 4 * len(families)), dpi=100)
+  fig = Figure(figsize=(5 * columns + 4, 4 * len(families)), dpi=100)
   FigureCanvasAgg(fig)
   axes = {}
-  for index, family in enumerate(families):
-    ax = fig.add_subplot(len(families), 1, index + 1)
-    ax.set_xscale('log')
-    ax.set_xlabel(f'memory span {"k" if family == "RepeatPrevious" else "L"} (steps), {family}')
-    ax.axhline(CHANCE.get(family, 0.5), color='gray', lw=0.8, ls=':')
-    ax.grid(alpha=0.3)
-    axes[family] = ax
+  for row, family in enumerate(families):
+    for column in range(columns):
+      ax = fig.add_subplot(len(families), columns, row * columns + column + 1)
+      ax.set_xscale('log')
+      ax.set_xlabel(f'memory span {"k" if family == "RepeatPrevious" else "L"} (steps), '
+                    f'{family}')
+      ax.axhline(CHANCE.get(family, 0.5), color='gray', lw=0.8, ls=':')
+      ax.grid(alpha=0.3)
+      axes[(family, column)] = ax
   return fig, axes
 
 
 def _save(fig, axes: dict, path: str) -> str:
-  """Each axes' spans as its ticks and its legend beside it, then `fig` as a PNG at `path`."""
-  for ax in axes.values():
+  """Each axes' spans as its ticks, the legend beside the last axes of each row, then `fig` as a
+  PNG at `path`."""
+  last = {}
+  for family, column in axes:
+    last[family] = max(column, last.get(family, 0))
+  for (family, column), ax in axes.items():
     spans = sorted({float(x) for line in ax.get_lines() if not line.get_label().startswith('_')
                     for x in line.get_xdata()})  # the series; not the chance line
     if spans:
       ax.set_xticks(spans, [f'{x:g}' for x in spans])
       ax.minorticks_off()
-    ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
+    if column == last[family] and ax.get_legend_handles_labels()[0]:
+      ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format='png')
   return path
 
 
+def reward_choices(results: list[dict]) -> list[float]:
+  """The imagined reward choice of each seed that measured it."""
+  return [result['reward_accuracy']['imagined'] for result in results
+          if (result.get('reward_accuracy') or {}).get('imagined') is not None]
+
+
+# The tier plot's columns: what is drawn against L and how it is read from a group's results.
+TIER_PANELS = (('probe accuracy at delay L', lambda results, span:
+                tier_accuracy(results).get(span, [])),
+               ('reward choice (imagined)', lambda results, span: reward_choices(results)))
+
+
 def tier_plot(tiers: list[dict], path: str) -> str:
-  """World-model tier: recall accuracy at delay L against L per dynamics and update count, one
-  axes per task family (each seed a dot, the mean a line; dashed: update counts other than the
-  most common), PNG."""
+  """World-model tier against L per dynamics and update count, one row per task family: the
+  recall probe at delay L and the reward choice (each seed a dot, the mean a line; dashed:
+  update counts other than the most common), PNG."""
   families = by_family(tiers, tier_family)
-  fig, axes = _span_axes(list(families))
+  fig, axes = _span_axes(list(families), len(TIER_PANELS))
   for family, results in families.items():
-    ax, grouped = axes[family], tier_groups(results)
+    grouped = tier_groups(results)
     usual = collections.Counter(updates for _, _, updates in grouped).most_common(1)[0][0]
     series = sorted({(label, updates) for label, _, updates in grouped},
                     key=lambda item: (item[1] != usual, _tier_rank(item[0]), item[1]))
     labels = sorted({label for label, _ in series}, key=_tier_rank)
-    for label, updates in series:
-      color = f'C{labels.index(label)}'
-      points = []
-      for span in sorted(span for key, span, count in grouped
-                         if (key, count) == (label, updates)):
-        values = tier_accuracy(grouped[(label, span, updates)]).get(span, [])
-        if values:
-          points.append((span, float(np.mean(values))))
-          ax.scatter([span] * len(values), values, color=color, s=12, alpha=0.5)
-      if points:
-        spans, means = zip(*points, strict=True)
-        ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
-                label=f'{label}, {updates} updates')
-    ax.set_ylabel('probe accuracy at delay L')
-    ax.set_ylim(CHANCE.get(family, 0.5) - 0.2, 1.05)
-    ax.set_title(f'World model only, random-policy data: {family}')
+    for column, (name, values_of) in enumerate(TIER_PANELS):
+      ax = axes[(family, column)]
+      for label, updates in series:
+        color = f'C{labels.index(label)}'
+        points = []
+        for span in sorted(span for key, span, count in grouped
+                           if (key, count) == (label, updates)):
+          values = values_of(grouped[(label, span, updates)], span)
+          if values:
+            points.append((span, float(np.mean(values))))
+            ax.scatter([span] * len(values), values, color=color, s=12, alpha=0.5)
+        if points:
+          spans, means = zip(*points, strict=True)
+          ax.plot(spans, means, 'o-' if updates == usual else 's--', color=color,
+                  label=f'{label}, {updates} updates')
+      ax.set_ylabel(name)
+      ax.set_ylim(CHANCE.get(family, 0.5) - 0.2, 1.05)
+      ax.set_title(f'World model only, random-policy data: {family}', fontsize='medium')
   return _save(fig, axes, path)
 
 
@@ -393,10 +414,10 @@ def plot(cells: list[Cell], path: str) -> str:
       if not points:
         continue
       spans, means, lows, highs = (np.asarray(column) for column in zip(*points, strict=True))
-      axes[family].errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-',
-                            capsize=3, color=f'C{index}', label=arm)
-    axes[family].set_ylabel(f'success ({SUCCESS_KEY})')
-    axes[family].set_ylim(-0.05, 1.05)
+      axes[(family, 0)].errorbar(spans, means, yerr=[means - lows, highs - means], fmt='o-',
+                                 capsize=3, color=f'C{index}', label=arm)
+    axes[(family, 0)].set_ylabel(f'success ({SUCCESS_KEY})')
+    axes[(family, 0)].set_ylim(-0.05, 1.05)
   return _save(fig, axes, path)
 
 
