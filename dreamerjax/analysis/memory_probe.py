@@ -204,7 +204,7 @@ def probe_run(workdir: str, steps: int = 1000, num_envs: int = 8, probe_steps: i
     data = probes.collect(act, agent.initial_policy_carry, agent.env_action, config, steps,
                           num_envs, seed + k)
     scores = recall_accuracy(agent.world_model, seed_state.params['world_model'], data,
-                          (0, span), jax.random.fold_in(key, k), probe_steps)
+                             (0, span), jax.random.fold_in(key, k), probe_steps)
     accuracy.append({str(d): v for d, v in scores.items()})
   result = {'task': config.task, 'span': span, 'step': int(step), 'seeds': config.num_seeds,
             'collect_steps': steps, 'collect_envs': num_envs, 'accuracy': accuracy}
@@ -310,7 +310,7 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   probe_data = random_streams(env, 4 * num_envs, max(span + 2, steps // 4), seed + 1)
   probe_start = time.perf_counter()
   accuracy = recall_accuracy(agent.world_model, params, probe_data, delays,
-                          jax.random.key(seed + 2), probe_steps)
+                             jax.random.key(seed + 2), probe_steps)
   reward = reward_choice_accuracy(agent.world_model, params, probe_data, span,
                                   jax.random.key(seed + 3))
   result = {'task': config.task, 'dynamics': config.model.dynamics, 'context': config.model.context

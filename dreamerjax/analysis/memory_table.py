@@ -17,7 +17,7 @@ Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the 
 
 The world-model-only tier (`memory_probe.world_model_tier`, one `memory_world_model.json` per
 folder, one per seed) gets a table per task family, seeds aggregated: recall accuracy at delays
-0, L/2 and L per dynamics, and a plot of the accuracy at delay L against L.
+0, L/2 and L and the reward choice per dynamics, and a plot of both against L.
 """
 
 from __future__ import annotations
@@ -277,6 +277,12 @@ def _spread(values: list[float]) -> str:
   return f'{np.mean(values):.2f}{spread}'
 
 
+def reward_choices(results: list[dict]) -> list[float]:
+  """The imagined reward choice of each seed that measured it."""
+  return [result['reward_accuracy']['imagined'] for result in results
+          if (result.get('reward_accuracy') or {}).get('imagined') is not None]
+
+
 TIER_TEXT = {
     'CueRecall': 'Cue accuracy of a probe on the filtered features at delay d (0.5 is chance); '
                  'reward choice: the share of query steps where one imagined step values the '
@@ -354,12 +360,6 @@ def _save(fig, axes: dict, path: str) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, format='png')
   return path
-
-
-def reward_choices(results: list[dict]) -> list[float]:
-  """The imagined reward choice of each seed that measured it."""
-  return [result['reward_accuracy']['imagined'] for result in results
-          if (result.get('reward_accuracy') or {}).get('imagined') is not None]
 
 
 # The tier plot's columns: what is drawn against L and how it is read from a group's results.
