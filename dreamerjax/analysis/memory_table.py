@@ -345,16 +345,14 @@ def _span_axes(families: list[str], columns: int = 1):
 def _save(fig, axes: dict, path: str) -> str:
   """Each axes' spans as its ticks, the legend beside the last axes of each row, then `fig` as a
   PNG at `path`."""
-  last = {}
-  for family, column in axes:
-    last[family] = max(column, last.get(family, 0))
-  for (family, column), ax in axes.items():
+  last_column = max(column for _, column in axes)  # every row has the same columns
+  for (_, column), ax in axes.items():
     spans = sorted({float(x) for line in ax.get_lines() if not line.get_label().startswith('_')
                     for x in line.get_xdata()})  # the series; not the chance line
     if spans:
       ax.set_xticks(spans, [f'{x:g}' for x in spans])
       ax.minorticks_off()
-    if column == last[family] and ax.get_legend_handles_labels()[0]:
+    if column == last_column and ax.get_legend_handles_labels()[0]:
       ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), fontsize='small')
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
