@@ -41,3 +41,36 @@ def test_profile_traces_a_program(tmp_path):
   assert result['families']['matrix product']['seconds'] > 0
   assert abs(sum(f['share'] for f in result['families'].values()) - 1.0) < 1e-6
   assert result['top_ops'][0]['seconds'] >= result['top_ops'][-1]['seconds']
+
+
+def test_hlo_parts_name_the_innermost_scope_and_the_gradient_pass():
+  def loss(w, x):
+    with jax.named_scope('encoder'):
+      h = jnp.tanh(x @ w)
+    with jax.named_scope('decoder'):
+      return jnp.sum(jnp.sin(h @ w))
+
+  def step(w, x):
+    with jax.named_scope('optimizer'):  # an outer scope: the inner ones win inside the loss
+      return w - 0.1 * jax.grad(loss)(w, x)
+  hlo = jax.jit(step).lower(jnp.ones((16, 16)), jnp.ones((4, 16))).compile().as_text()
+  parts = op_profile.hlo_parts(hlo)
+  assert {'encoder', 'decoder', 'decoder (backward)', 'encoder (backward)'} <= set(parts.values())
+  assert set(parts.values()) <= {f'{p}{s}' for p in (*op_profile.PARTS, 'unscoped')
+                                 for s in ('', ' (backward)')}
+  ops = {name: 1.0 for name in parts}
+  result = op_profile.summarize(ops, op_profile.hlo_families(hlo), 1.0, parts)
+  assert sum(part['seconds'] for part in result['parts'].values()) == pytest.approx(len(parts))
+  seconds = [part['seconds'] for part in result['parts'].values()]
+  assert seconds == sorted(seconds, reverse=True)
+
+
+def test_the_train_step_is_scoped_by_part():
+  from dreamerjax.analysis import benchmark
+  agent = benchmark.bench_agent('debug', 'vector')
+  state = jax.eval_shape(agent.init, jax.random.key(0))
+  data = benchmark.synthetic_batch(benchmark.OBS_SPACES['vector'], 2, 8, 17)
+  hlo = jax.jit(agent.train_step).lower(state, data).compile().as_text()
+  found = {part.replace(' (backward)', '') for part in op_profile.hlo_parts(hlo).values()}
+  assert {'encoder', 'dynamics', 'decoder', 'reward_cont_heads', 'imagine', 'imagined_heads',
+          'critic_loss', 'optimizer'} <= found

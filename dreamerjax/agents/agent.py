@@ -29,8 +29,9 @@ def _optimizer(lr: float, eps: float, clip: float) -> optax.GradientTransformati
 
 
 def _update(tx, grads, opt_state, params):
-  updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+  with jax.named_scope('optimizer'):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Agent:
     wm_params, wm_opt, wm_norm = _update(self.optimizers['world_model'], wm_grads,
                                          state.opt_state['world_model'], params['world_model'])
 
-    starts = self.behavior.starts(params['world_model'], features, batch)
+    with jax.named_scope('starts'):
+      starts = self.behavior.starts(params['world_model'], features, batch)
     start_cont = 1.0 - batch['is_terminal'].reshape(-1).astype(jnp.float32)
     if self.planner is not None:
       behavior_state = dict(params={'actor': params['actor'], 'critic': params['critic']},

@@ -88,34 +88,37 @@ class ActorCritic:
       action = self.output_dist(outputs).sample(k)
       return (sg(action) if with_outputs else action), outputs
 
-    _, features, actions, outputs = self.world_model.dynamics.imagine(
-        wm_params['dynamics'], starts['carry'], policy, self.config.horizon, key, policy_aux=True)
+    with jax.named_scope('imagine'):
+      _, features, actions, outputs = self.world_model.dynamics.imagine(
+          wm_params['dynamics'], starts['carry'], policy, self.config.horizon, key,
+          policy_aux=True)
     return (features, actions, outputs) if with_outputs else (features, actions)
 
   def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont):
     """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory;
     also the imagined rewards `[N, H]` and the slow critic's values `[N, H+1]` (None when
     neither the target nor the regularizer uses them), so no head runs twice on the same states."""
-    a = self.config
-    wm = self.world_model
-    reward = wm.reward(wm_params, features[:, 1:])
-    logits = wm.cont_logits(wm_params, features[:, 1:])
-    cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
-    cont = jnp.concatenate([start_cont[:, None], cont], 1)
-    # The critic's loss runs the critic on `features[:, :-1]`; the same product here lets XLA
-    # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
-    value = jnp.concatenate([self.value(critic_params, features[:, :-1]),
-                             self.value(critic_params, features[:, -1:])], 1)
-    slow_value = None
-    if a.slow_critic_target or a.slow_critic_reg > 0:
-      slow_value = self.value(slow_critic_params, features)
-    target_value = slow_value if a.slow_critic_target else value
-    discount = a.discount * cont
-    returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
-    # A state's weight is the probability of still being in the episode when reaching it.
-    weight = sg(jnp.cumprod(discount, 1) / a.discount)[:, :-1]
-    return dict(returns=returns, value=value, weight=weight, reward=reward,
-                slow_value=slow_value)
+    with jax.named_scope('imagined_heads'):
+      a = self.config
+      wm = self.world_model
+      reward = wm.reward(wm_params, features[:, 1:])
+      logits = wm.cont_logits(wm_params, features[:, 1:])
+      cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
+      cont = jnp.concatenate([start_cont[:, None], cont], 1)
+      # The critic's loss runs the critic on `features[:, :-1]`; the same product here lets XLA
+      # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
+      value = jnp.concatenate([self.value(critic_params, features[:, :-1]),
+                               self.value(critic_params, features[:, -1:])], 1)
+      slow_value = None
+      if a.slow_critic_target or a.slow_critic_reg > 0:
+        slow_value = self.value(slow_critic_params, features)
+      target_value = slow_value if a.slow_critic_target else value
+      discount = a.discount * cont
+      returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
+      # A state's weight is the probability of still being in the episode when reaching it.
+      weight = sg(jnp.cumprod(discount, 1) / a.discount)[:, :-1]
+      return dict(returns=returns, value=value, weight=weight, reward=reward,
+                  slow_value=slow_value)
 
   def actor_value_and_grad(self, actor_params, wm_params, critic_params, slow_critic_params,
                            return_norm, starts, start_cont, key):
@@ -128,15 +131,17 @@ class ActorCritic:
     """
     args = (wm_params, critic_params, slow_critic_params, return_norm, starts, start_cont)
     if self.reinforce_mix < 1.0:
-      return jax.value_and_grad(self.actor_loss, has_aux=True)(actor_params, *args, key)
+      with jax.named_scope('actor_loss'):  # imagination inside is scoped 'imagine'
+        return jax.value_and_grad(self.actor_loss, has_aux=True)(actor_params, *args, key)
 
     def rollout(actor):
       features, actions, outputs = self.rollout(wm_params, actor, starts, key, with_outputs=True)
       return outputs, (features, actions)
 
     outputs, outputs_vjp, trajectory = jax.vjp(rollout, actor_params, has_aux=True)
-    (loss, aux), output_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(
-        outputs, *args, trajectory)
+    with jax.named_scope('actor_loss'):
+      (loss, aux), output_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(
+          outputs, *args, trajectory)
     return (loss, aux), outputs_vjp(output_grads)[0]
 
   def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
@@ -220,17 +225,18 @@ class ActorCritic:
     None when `slow_critic_reg` is 0). `replay`: `replay_targets`, for the replay-return loss
     (weighted by `agent.replay_critic`)."""
     a = self.config
-    outputs = self.critic.apply(critic_params, features[:, :-1])
-    loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
-    metrics = {'ac/critic_loss': loss}
-    if replay is not None:
-      outputs = self.critic.apply(critic_params, replay['features'][:, :-1])
-      replay_loss = jnp.mean(replay['weight'] * self._value_loss(
-          outputs, replay['returns'], replay['slow_value'], offset=0))
-      loss += a.replay_critic * replay_loss
-      metrics['ac/replay_critic_loss'] = replay_loss
-      metrics['ac/replay_return_mean'] = jnp.mean(replay['returns'])
-    return loss, metrics
+    with jax.named_scope('critic_loss'):
+      outputs = self.critic.apply(critic_params, features[:, :-1])
+      loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
+      metrics = {'ac/critic_loss': loss}
+      if replay is not None:
+        outputs = self.critic.apply(critic_params, replay['features'][:, :-1])
+        replay_loss = jnp.mean(replay['weight'] * self._value_loss(
+            outputs, replay['returns'], replay['slow_value'], offset=0))
+        loss += a.replay_critic * replay_loss
+        metrics['ac/replay_critic_loss'] = replay_loss
+        metrics['ac/replay_return_mean'] = jnp.mean(replay['returns'])
+      return loss, metrics
 
   def _value_loss(self, outputs, returns, slow_value, offset=1):
     """The critic's loss toward `returns` plus the slow-critic regularizer (`slow_value` has

@@ -30,6 +30,12 @@ _MOVEMENT = {'copy', 'transpose', 'concatenate', 'slice', 'dynamic-slice', 'dyna
              'pad', 'gather', 'scatter', 'broadcast', 'reshape', 'bitcast', 'reverse', 'iota',
              'copy-start', 'copy-done', 'tuple', 'get-tuple-element', 'parameter', 'constant'}
 _CONTROL = {'while', 'conditional', 'call'}
+# The named scopes of the update (`jax.named_scope` in WorldModel.loss, ActorCritic and Agent):
+# an op belongs to the innermost one in its `op_name`.
+PARTS = ('encoder', 'dynamics', 'decoder', 'reward_cont_heads', 'kl', 'starts', 'imagine',
+         'imagined_heads', 'actor_loss', 'critic_loss', 'optimizer')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_WRAPPER = re.compile(r'^(?:[\w]+\()+|\)+$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\(')
 _CALLS = re.compile(r'calls=%?([\w.\-]+)')
 _COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
@@ -86,6 +92,25 @@ def hlo_families(hlo_text: str) -> dict[str, str]:
   return families
 
 
+def hlo_parts(hlo_text: str) -> dict[str, str]:
+  """`{instruction name: part}` from each instruction's `op_name` metadata: the innermost scope
+  of `PARTS` in it ('unscoped' if none), with ' (backward)' added where the op comes from a
+  transpose (the gradient pass)."""
+  parts = {}
+  for line in hlo_text.splitlines():
+    match = _INSTRUCTION.match(line)
+    op_name = _OP_NAME.search(line) if match else None
+    if not op_name:
+      continue
+    part, backward = 'unscoped', False
+    for component in op_name.group(1).split('/'):
+      backward = backward or 'transpose(' in component
+      if _WRAPPER.sub('', component) in PARTS:
+        part = _WRAPPER.sub('', component)
+    parts[match.group(1)] = part + (' (backward)' if backward else '')
+  return parts
+
+
 def own_times(events: list[dict]) -> dict[str, float]:
   """`{hlo_op: summed own seconds}` of Perfetto 'X' events that carry `args.hlo_op`: each
   event's duration less that of the op events nested inside it on the same thread."""
@@ -121,6 +146,7 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
   seconds per call (`op_s` summed op time; `share` of `op_s`)."""
   compiled = jax.jit(fn).lower(*args).compile()
   families = hlo_families(compiled.as_text())
+  parts = hlo_parts(compiled.as_text())
   jax.block_until_ready(compiled(*args))
   start = time.perf_counter()
   jax.block_until_ready(compiled(*args))
@@ -137,21 +163,33 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
   ops = {name: seconds / calls for name, seconds in own_times(events).items()}
-  return summarize(ops, families, wall)
+  return summarize(ops, families, wall, parts)
 
 
-def summarize(ops: dict[str, float], families: dict[str, str], wall: float) -> dict:
-  """Per-family seconds and shares of `ops` (`{hlo_op: seconds}`), and the ten longest ops."""
+def summarize(ops: dict[str, float], families: dict[str, str], wall: float,
+              parts: dict[str, str] | None = None) -> dict:
+  """Per-family seconds and shares of `ops` (`{hlo_op: seconds}`), the ten longest ops, and
+  with `parts` (`hlo_parts`) the seconds of each part by family, longest part first."""
   total = sum(ops.values())
   by_family = collections.defaultdict(float)
+  by_part = collections.defaultdict(lambda: collections.defaultdict(float))
   for name, seconds in ops.items():
     by_family[families.get(name, 'other')] += seconds
-  return {'wall_s': wall, 'op_s': total,
-          'families': {family: {'seconds': by_family[family],
-                                'share': by_family[family] / total if total else 0.0}
-                       for family in FAMILIES if family in by_family},
-          'top_ops': [{'op': name, 'family': families.get(name, 'other'), 'seconds': seconds}
-                      for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])[:10]]}
+    if parts is not None:
+      by_part[parts.get(name, 'unscoped')][families.get(name, 'other')] += seconds
+  result = {'wall_s': wall, 'op_s': total,
+            'families': {family: {'seconds': by_family[family],
+                                  'share': by_family[family] / total if total else 0.0}
+                         for family in FAMILIES if family in by_family},
+            'top_ops': [{'op': name, 'family': families.get(name, 'other'),
+                         'part': (parts or {}).get(name), 'seconds': seconds}
+                        for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])[:10]]}
+  if parts is not None:
+    ordered = sorted(by_part.items(), key=lambda kv: -sum(kv[1].values()))
+    result['parts'] = {part: {'seconds': sum(fams.values()),
+                              'share': sum(fams.values()) / total if total else 0.0,
+                              'families': dict(fams)} for part, fams in ordered}
+  return result
 
 
 def train_step_profile(size: str = '12m', obs: str = 'image', arch: str = 'paper',

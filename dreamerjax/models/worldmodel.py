@@ -167,26 +167,31 @@ class WorldModel:
     Returns `(loss, (features [B,T,F], metrics))`; sequences start from `start_carry(batch)`.
     """
     m = self.config
-    embeds = self.encode(params, batch)
+    with jax.named_scope('encoder'):
+      embeds = self.encode(params, batch)
     carry, is_first = self.start_carry(batch)
-    _, features, post, prior = self.dynamics.observe(
-        params['dynamics'], carry, embeds, batch['action'], is_first, key)
+    with jax.named_scope('dynamics'):
+      _, features, post, prior = self.dynamics.observe(
+          params['dynamics'], carry, embeds, batch['action'], is_first, key)
     losses = {}
-    if IMAGE in self.obs_space:
-      target = batch[IMAGE].astype(jnp.float32) / 255.0
-      prediction = self.apply('image_decoder', params, features)
-      losses[IMAGE] = m.decoder_scale * jnp.sum(jnp.square(prediction - target), (-3, -2, -1))
-    if VECTOR in self.obs_space:
-      prediction = self.apply('vector_decoder', params, features)
-      losses[VECTOR] = m.decoder_scale * jnp.sum(
-          jnp.square(prediction - ops.symlog(batch[VECTOR].astype(jnp.float32))), -1)
-    reward_out = self.apply('reward', params, features)
-    losses['reward'] = m.reward_scale * heads.scalar_loss(m.reward_head, reward_out,
-                                                          batch['reward'], self.bins)
-    cont_target = 1.0 - batch['is_terminal'].astype(jnp.float32)
-    losses['cont'] = m.cont_scale * optax.sigmoid_binary_cross_entropy(
-        self.cont_logits(params, features), cont_target)
-    dyn, rep = self.dynamics.loss(post, prior, m.free_nats)
+    with jax.named_scope('decoder'):
+      if IMAGE in self.obs_space:
+        target = batch[IMAGE].astype(jnp.float32) / 255.0
+        prediction = self.apply('image_decoder', params, features)
+        losses[IMAGE] = m.decoder_scale * jnp.sum(jnp.square(prediction - target), (-3, -2, -1))
+      if VECTOR in self.obs_space:
+        prediction = self.apply('vector_decoder', params, features)
+        losses[VECTOR] = m.decoder_scale * jnp.sum(
+            jnp.square(prediction - ops.symlog(batch[VECTOR].astype(jnp.float32))), -1)
+    with jax.named_scope('reward_cont_heads'):
+      reward_out = self.apply('reward', params, features)
+      losses['reward'] = m.reward_scale * heads.scalar_loss(m.reward_head, reward_out,
+                                                            batch['reward'], self.bins)
+      cont_target = 1.0 - batch['is_terminal'].astype(jnp.float32)
+      losses['cont'] = m.cont_scale * optax.sigmoid_binary_cross_entropy(
+          self.cont_logits(params, features), cont_target)
+    with jax.named_scope('kl'):
+      dyn, rep = self.dynamics.loss(post, prior, m.free_nats)
     losses['dyn'], losses['rep'] = m.dyn_scale * dyn, m.rep_scale * rep
     total = sum(jnp.mean(value) for value in losses.values())
     metrics = {f'wm/loss_{name}': jnp.mean(value) for name, value in losses.items()}
