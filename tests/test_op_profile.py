@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dreamerjax.analysis import op_profile
+from dreamerjax.analysis import flops, op_profile
 
 
 def _event(tid, ts, dur, op):
@@ -74,3 +74,21 @@ def test_the_train_step_is_scoped_by_part():
   found = {part.replace(' (backward)', '') for part in op_profile.hlo_parts(hlo).values()}
   assert {'encoder', 'dynamics', 'decoder', 'reward_cont_heads', 'imagine', 'imagined_heads',
           'critic_loss', 'optimizer'} <= found
+
+
+def test_flops_by_part_counts_loop_steps_and_gradients_by_hand():
+  def loss(w, x):
+    with jax.named_scope('encoder'):
+      h = x @ w                          # 2 x 4 x 16 x 16 = 2048 FLOPs
+    with jax.named_scope('imagine'):
+      h, _ = jax.lax.scan(lambda c, _: (c @ w, None), h, None, length=3)  # 3 x 2048
+    return jnp.sum(h)
+  w, x = jnp.ones((16, 16)), jnp.ones((4, 16))
+  forward = op_profile.flops_by_part(loss, w, x)
+  assert forward == pytest.approx({'encoder': 2048.0, 'imagine': 3 * 2048.0})
+  grads = op_profile.flops_by_part(jax.grad(loss), w, x)
+  # Backward: per product one input and one weight gradient (the first product's input
+  # gradient is dead code: x is not differentiated).
+  assert grads['imagine (backward)'] == pytest.approx(3 * 2 * 2048.0)
+  assert grads['encoder (backward)'] == pytest.approx(2048.0)
+  assert sum(grads.values()) == pytest.approx(flops.matmul_flops(jax.grad(loss), w, x))

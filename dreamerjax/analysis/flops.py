@@ -26,6 +26,13 @@ def matmul_flops(fn, *args) -> float:
   return jaxpr_flops(_dead_code_removed(jaxpr))
 
 
+def flops_by_scope(fn, *args) -> dict[str, float]:
+  """`matmul_flops` of `fn(*args)` split by the name stack of each product (`jaxpr_flops`)."""
+  counts: dict[str, float] = {}
+  jaxpr_flops(_dead_code_removed(jax.make_jaxpr(fn)(*args).jaxpr), counts)
+  return counts
+
+
 def _dead_code_removed(jaxpr):
   """The jaxpr without the equations no output depends on (inside loops too), as XLA removes
   them: autodiff leaves, for one, the tangents of a rollout whose result is stop-gradiented."""
@@ -42,19 +49,28 @@ def _conv_flops(eqn) -> float:
   return 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * taps * kernel[rhs_spec[1]]
 
 
-def jaxpr_flops(jaxpr) -> float:
+def jaxpr_flops(jaxpr, counts: dict | None = None, stack: str = '', scale: float = 1.0) -> float:
+  """FLOPs of a jaxpr's products (see `matmul_flops`). With `counts` (a dict), also adds each
+  product's FLOPs (times its loops' trip counts) to `counts[name stack]`, the `/`-joined
+  `jax.named_scope` path of the product, loops included."""
   closed, open_ = jax.extend.core.ClosedJaxpr, jax.extend.core.Jaxpr
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
-    if name == 'dot_general':
-      (lhs_contract, _), _ = eqn.params['dimension_numbers']
-      lhs_shape = eqn.invars[0].aval.shape
-      contracted = float(np.prod([lhs_shape[d] for d in lhs_contract]))
-      total += 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * contracted
-      continue
-    if name == 'conv_general_dilated':
-      total += _conv_flops(eqn)
+    here = stack
+    if counts is not None:
+      here = '/'.join(p for p in (stack, str(eqn.source_info.name_stack)) if p)
+    if name in ('dot_general', 'conv_general_dilated'):
+      if name == 'dot_general':
+        (lhs_contract, _), _ = eqn.params['dimension_numbers']
+        lhs_shape = eqn.invars[0].aval.shape
+        contracted = float(np.prod([lhs_shape[d] for d in lhs_contract]))
+        flops = 2.0 * float(np.prod(eqn.outvars[0].aval.shape)) * contracted
+      else:
+        flops = _conv_flops(eqn)
+      total += flops
+      if counts is not None:
+        counts[here] = counts.get(here, 0.0) + flops * scale
       continue
     inner = []
     for value in eqn.params.values():
@@ -63,11 +79,17 @@ def jaxpr_flops(jaxpr) -> float:
           inner.append(item.jaxpr)
         elif isinstance(item, open_):
           inner.append(item)
-    counts = [jaxpr_flops(sub) for sub in inner]
+    sizes = [jaxpr_flops(sub) for sub in inner]
     if name == 'cond':
-      total += max(counts, default=0.0)
+      if inner and counts is not None:
+        jaxpr_flops(inner[int(np.argmax(sizes))], counts, here, scale)
+      total += max(sizes, default=0.0)
     else:
-      total += sum(counts) * (eqn.params['length'] if name == 'scan' else 1)
+      length = eqn.params['length'] if name == 'scan' else 1
+      if counts is not None:
+        for sub in inner:
+          jaxpr_flops(sub, counts, here, scale * length)
+      total += sum(sizes) * length
   return total
 
 

@@ -6,7 +6,9 @@ op's own time is its duration less that of the ops nested in it on the same thre
 contains its body's ops). Each instruction is put in a family by its opcode in the compiled HLO
 (`compiled.as_text()`), a fusion by what its fused computation holds: convolution, matrix product,
 reduction, else elementwise. Op times on different threads overlap (XLA:CPU runs independent ops
-at once), so the families are shares of summed op time, not of wall time.
+at once), so the families are shares of summed op time, not of wall time. Each op also belongs to
+a part of the update (`PARTS`, the `jax.named_scope`s of the train step; `hlo_parts`), and
+`train_step_profile` gives each part its counted FLOPs and FLOPs per second of its op time.
 
     python -c "from dreamerjax.analysis import op_profile as p; print(p.train_step_profile('12m'))"
 """
@@ -23,6 +25,8 @@ import tempfile
 import time
 
 import jax
+
+from dreamerjax.analysis import flops
 
 FAMILIES = ('convolution', 'matrix product', 'reduction', 'elementwise fusion', 'data movement',
             'loop control', 'other')
@@ -102,13 +106,27 @@ def hlo_parts(hlo_text: str) -> dict[str, str]:
     op_name = _OP_NAME.search(line) if match else None
     if not op_name:
       continue
-    part, backward = 'unscoped', False
-    for component in op_name.group(1).split('/'):
-      backward = backward or 'transpose(' in component
-      if _WRAPPER.sub('', component) in PARTS:
-        part = _WRAPPER.sub('', component)
-    parts[match.group(1)] = part + (' (backward)' if backward else '')
+    parts[match.group(1)] = part_of(op_name.group(1))
   return parts
+
+
+def part_of(name_stack: str) -> str:
+  """The innermost scope of `PARTS` in a `/`-joined name stack ('unscoped' if none), with
+  ' (backward)' added under a transpose (the gradient pass)."""
+  part, backward = 'unscoped', False
+  for component in name_stack.split('/'):
+    backward = backward or 'transpose(' in component
+    if _WRAPPER.sub('', component) in PARTS:
+      part = _WRAPPER.sub('', component)
+  return part + (' (backward)' if backward else '')
+
+
+def flops_by_part(fn, *args) -> dict[str, float]:
+  """Counted FLOPs (`flops.matmul_flops`: every loop step) of `fn(*args)` by `part_of`."""
+  totals: dict[str, float] = collections.defaultdict(float)
+  for stack, count in flops.flops_by_scope(fn, *args).items():
+    totals[part_of(stack)] += count
+  return dict(totals)
 
 
 def own_times(events: list[dict]) -> dict[str, float]:
@@ -200,5 +218,9 @@ def train_step_profile(size: str = '12m', obs: str = 'image', arch: str = 'paper
   agent = benchmark.bench_agent(size, obs, model={'arch': arch})
   state = jax.jit(agent.init)(jax.random.key(0))
   data = benchmark.synthetic_batch(benchmark.OBS_SPACES[obs], batch, length, 17)
-  return {'size': size, 'obs': obs, 'arch': arch, 'batch': [batch, length],
-          **profile(agent.train_step, state, data, calls=calls)}
+  result = profile(agent.train_step, state, data, calls=calls)
+  for part, count in flops_by_part(agent.train_step, state, data).items():
+    entry = result['parts'].setdefault(part, {'seconds': 0.0, 'share': 0.0, 'families': {}})
+    entry['counted_flops'] = count
+    entry['flops_per_op_s'] = count / entry['seconds'] if entry['seconds'] else None
+  return {'size': size, 'obs': obs, 'arch': arch, 'batch': [batch, length], **result}
