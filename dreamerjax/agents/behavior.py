@@ -101,17 +101,20 @@ class ActorCritic:
     with jax.named_scope('imagined_heads'):
       a = self.config
       wm = self.world_model
-      reward = wm.reward(wm_params, features[:, 1:])
-      logits = wm.cont_logits(wm_params, features[:, 1:])
+      n = features.shape[0]
+      rows = step_major(features)
+      last = rows.shape[0] - n  # rows[:last] are the states features[:, :-1], rows[n:] [:, 1:]
+      reward = batch_major(wm.reward(wm_params, rows[n:]), n)
+      logits = batch_major(wm.cont_logits(wm_params, rows[n:]), n)
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      # The critic's loss runs the critic on `features[:, :-1]`; the same product here lets XLA
+      # The critic's loss runs the critic on `rows[:last]`; the same product here lets XLA
       # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
-      value = jnp.concatenate([self.value(critic_params, features[:, :-1]),
-                               self.value(critic_params, features[:, -1:])], 1)
+      value = batch_major(jnp.concatenate([self.value(critic_params, rows[:last]),
+                                           self.value(critic_params, rows[last:])]), n)
       slow_value = None
       if a.slow_critic_target or a.slow_critic_reg > 0:
-        slow_value = self.value(slow_critic_params, features)
+        slow_value = batch_major(self.value(slow_critic_params, rows), n)
       target_value = slow_value if a.slow_critic_target else value
       discount = a.discount * cont
       returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
@@ -226,7 +229,9 @@ class ActorCritic:
     (weighted by `agent.replay_critic`)."""
     a = self.config
     with jax.named_scope('critic_loss'):
-      outputs = self.critic.apply(critic_params, features[:, :-1])
+      rows = step_major(features)
+      outputs = batch_major(self.critic.apply(critic_params, rows[:rows.shape[0] - len(features)]),
+                            len(features))
       loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
       metrics = {'ac/critic_loss': loss}
       if replay is not None:
@@ -248,6 +253,19 @@ class ActorCritic:
       loss += a.slow_critic_reg * heads.scalar_loss(a.critic_head, outputs, slow_value,
                                                     self.world_model.bins)
     return loss
+
+
+def step_major(features: jax.Array) -> jax.Array:
+  """Imagined features `[N, H+1, F]` as rows `[(H+1) N, F]` in step order. That is the layout
+  imagination's scan writes, and XLA folds this transpose into the scan's own, so the heads read
+  the states without a copy, and the states `features[:, :-1]` and `features[:, 1:]` are a
+  prefix and a suffix of the rows (the batch-major slices are copies of every state)."""
+  return jnp.swapaxes(features, 0, 1).reshape(-1, features.shape[-1])
+
+
+def batch_major(rows: jax.Array, n: int) -> jax.Array:
+  """Head outputs of `step_major` rows, `[S N, ...]`, back to `[N, S, ...]`."""
+  return jnp.swapaxes(rows.reshape(-1, n, *rows.shape[1:]), 0, 1)
 
 
 def sign_of_advantage(log_prob: jax.Array, advantage: jax.Array, weight: jax.Array,
