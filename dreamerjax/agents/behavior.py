@@ -102,16 +102,15 @@ class ActorCritic:
       a = self.config
       wm = self.world_model
       n = features.shape[0]
-      rows = step_major(features)
-      last = rows.shape[0] - n  # rows[:last] are the states features[:, :-1], rows[n:] [:, 1:]
+      rows = step_major(features)  # rows[:-n] are the states features[:, :-1], rows[n:] [:, 1:]
       reward = batch_major(wm.reward(wm_params, rows[n:]), n)
       logits = batch_major(wm.cont_logits(wm_params, rows[n:]), n)
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      # The critic's loss runs the critic on `rows[:last]`; the same product here lets XLA
+      # The critic's loss runs the critic on `rows[:-n]`; the same product here lets XLA
       # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
-      value = batch_major(jnp.concatenate([self.value(critic_params, rows[:last]),
-                                           self.value(critic_params, rows[last:])]), n)
+      value = batch_major(jnp.concatenate([self.value(critic_params, rows[:-n]),
+                                           self.value(critic_params, rows[-n:])]), n)
       slow_value = None
       if a.slow_critic_target or a.slow_critic_reg > 0:
         slow_value = batch_major(self.value(slow_critic_params, rows), n)
@@ -229,9 +228,8 @@ class ActorCritic:
     (weighted by `agent.replay_critic`)."""
     a = self.config
     with jax.named_scope('critic_loss'):
-      rows = step_major(features)
-      outputs = batch_major(self.critic.apply(critic_params, rows[:rows.shape[0] - len(features)]),
-                            len(features))
+      n = features.shape[0]
+      outputs = batch_major(self.critic.apply(critic_params, step_major(features)[:-n]), n)
       loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
       metrics = {'ac/critic_loss': loss}
       if replay is not None:

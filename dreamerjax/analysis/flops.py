@@ -79,17 +79,14 @@ def jaxpr_flops(jaxpr, counts: dict | None = None, stack: str = '', scale: float
           inner.append(item.jaxpr)
         elif isinstance(item, open_):
           inner.append(item)
-    sizes = [jaxpr_flops(sub) for sub in inner]
-    if name == 'cond':
+    if name == 'cond':  # the most expensive branch; only it is counted by name
+      sizes = [jaxpr_flops(sub) for sub in inner]
       if inner and counts is not None:
         jaxpr_flops(inner[int(np.argmax(sizes))], counts, here, scale)
       total += max(sizes, default=0.0)
     else:
       length = eqn.params['length'] if name == 'scan' else 1
-      if counts is not None:
-        for sub in inner:
-          jaxpr_flops(sub, counts, here, scale * length)
-      total += sum(sizes) * length
+      total += length * sum(jaxpr_flops(sub, counts, here, scale * length) for sub in inner)
   return total
 
 

@@ -116,8 +116,8 @@ def part_of(name_stack: str) -> str:
   part, backward = 'unscoped', False
   for component in name_stack.split('/'):
     backward = backward or 'transpose(' in component
-    if _WRAPPER.sub('', component) in PARTS:
-      part = _WRAPPER.sub('', component)
+    scope = _WRAPPER.sub('', component)
+    part = scope if scope in PARTS else part
   return part + (' (backward)' if backward else '')
 
 
