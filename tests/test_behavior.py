@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax.agents.behavior import ActorCritic, batch_major, step_major
+from dreamerjax.agents.behavior import ActorCritic, rows, step_major
 from dreamerjax.run import configs
 from dreamerjax.types import ReturnNorm
 
@@ -144,13 +144,13 @@ def test_replay_targets_by_hand():
   np.testing.assert_allclose(out['weight'][0], [1.0, 1.0, 0.0, 1.0])
 
 
-def test_step_major_rows_put_the_states_before_and_after_a_step_at_the_ends():
+def test_step_major_states_put_the_last_state_apart_and_rows_keep_step_order():
   n, steps, width = 3, 4, 2
   features = jnp.arange(n * steps * width, dtype=jnp.float32).reshape(n, steps, width)
-  rows = step_major(features)
-  assert rows.shape == (steps * n, width)
-  np.testing.assert_array_equal(rows[n], features[0, 1])  # step 1 of trajectory 0
-  last = rows.shape[0] - n
-  np.testing.assert_array_equal(batch_major(rows[:last], n), features[:, :-1])
-  np.testing.assert_array_equal(batch_major(rows[n:], n), features[:, 1:])
-  np.testing.assert_array_equal(batch_major(rows[:, 0], n), features[..., 0])
+  states = step_major(features)
+  assert states.shape == (steps, n, width)
+  np.testing.assert_array_equal(states[-1], features[:, -1])
+  flat = rows(states[:-1])
+  assert flat.shape == ((steps - 1) * n, width)
+  np.testing.assert_array_equal(flat[n], features[0, 1])  # step 1 of trajectory 0
+  np.testing.assert_array_equal(flat[n - 1], features[n - 1, 0])

@@ -101,19 +101,23 @@ class ActorCritic:
     with jax.named_scope('imagined_heads'):
       a = self.config
       wm = self.world_model
-      n = features.shape[0]
-      rows = step_major(features)  # rows[:-n] are the states features[:, :-1], rows[n:] [:, 1:]
-      reward = batch_major(wm.reward(wm_params, rows[n:]), n)
-      logits = batch_major(wm.cont_logits(wm_params, rows[n:]), n)
+      # The states before the last (`states[:-1]`, what imagination's loop wrote) and the last
+      # are read apart: XLA then drops the join of the two in `imagine` (a copy of every state)
+      # and no slice of the joined states is copied either. The reward and continue heads run
+      # on the start states too, whose outputs are dropped (1/H more of their work).
+      states = step_major(features)
+      each = lambda head: jnp.concatenate(  # noqa: E731
+          [head(rows(states[:-1])), head(states[-1])]).reshape(states.shape[0], -1)
+      reward = each(lambda x: wm.reward(wm_params, x))[1:].T
+      logits = each(lambda x: wm.cont_logits(wm_params, x))[1:].T
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      # The critic's loss runs the critic on `rows[:-n]`; the same product here lets XLA
+      # The critic's loss runs the critic on `states[:-1]`; the same product here lets XLA
       # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
-      value = batch_major(jnp.concatenate([self.value(critic_params, rows[:-n]),
-                                           self.value(critic_params, rows[-n:])]), n)
+      value = each(lambda x: self.value(critic_params, x)).T
       slow_value = None
       if a.slow_critic_target or a.slow_critic_reg > 0:
-        slow_value = batch_major(self.value(slow_critic_params, rows), n)
+        slow_value = each(lambda x: self.value(slow_critic_params, x)).T
       target_value = slow_value if a.slow_critic_target else value
       discount = a.discount * cont
       returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
@@ -228,8 +232,9 @@ class ActorCritic:
     (weighted by `agent.replay_critic`)."""
     a = self.config
     with jax.named_scope('critic_loss'):
-      n = features.shape[0]
-      outputs = batch_major(self.critic.apply(critic_params, step_major(features)[:-n]), n)
+      states = step_major(features)[:-1]
+      outputs = jnp.swapaxes(self.critic.apply(critic_params, rows(states)).reshape(
+          *states.shape[:2], -1), 0, 1)
       loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
       metrics = {'ac/critic_loss': loss}
       if replay is not None:
@@ -254,16 +259,16 @@ class ActorCritic:
 
 
 def step_major(features: jax.Array) -> jax.Array:
-  """Imagined features `[N, H+1, F]` as rows `[(H+1) N, F]` in step order. That is the layout
-  imagination's scan writes, and XLA folds this transpose into the scan's own, so the heads read
-  the states without a copy, and the states `features[:, :-1]` and `features[:, 1:]` are a
-  prefix and a suffix of the rows (the batch-major slices are copies of every state)."""
-  return jnp.swapaxes(features, 0, 1).reshape(-1, features.shape[-1])
+  """Imagined features `[N, H+1, F]` as `[H+1, N, F]`, the layout imagination's loop writes: XLA
+  folds this transpose into the loop's own, so the heads read the states in place, and the states
+  before the last and the last one are slices along the leading axis that XLA takes straight
+  from the loop's output and its last state (a slice of the batch-major states is a copy)."""
+  return jnp.swapaxes(features, 0, 1)
 
 
-def batch_major(rows: jax.Array, n: int) -> jax.Array:
-  """Head outputs of `step_major` rows, `[S N, ...]`, back to `[N, S, ...]`."""
-  return jnp.swapaxes(rows.reshape(-1, n, *rows.shape[1:]), 0, 1)
+def rows(states: jax.Array) -> jax.Array:
+  """`[S, N, F]` -> `[S N, F]`: one product over every state."""
+  return states.reshape(-1, states.shape[-1])
 
 
 def sign_of_advantage(log_prob: jax.Array, advantage: jax.Array, weight: jax.Array,

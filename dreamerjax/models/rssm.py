@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax.models import dists, nets
+from dreamerjax.models import deferred_grads, dists, nets
 
 
 class RSSMCell(nn.Module):
@@ -175,14 +175,16 @@ class RSSM:
     length = embeds.shape[1]
     time_major = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
 
-    def step(carry, inputs):
+    def step(params, carry, inputs):
       embed, action, first, step_key = inputs
       carry, post = self._posterior_step(params, carry, action, embed, first, step_key)
       return carry, (self.features(carry), post)
 
+    # The gradients of the cell's linear layers are computed after the loop (deferred_grads).
     keys = jax.random.split(key, length)
-    carry, (feats, post) = jax.lax.scan(
-        step, carry, (time_major(embeds), time_major(actions), time_major(is_first), keys))
+    carry, (feats, post) = deferred_grads.scan(
+        step, params, carry,
+        (time_major(embeds), time_major(actions), time_major(is_first), keys))
     prior = self.prior_from_features(params, feats)
     batch_major = lambda tree: jax.tree.map(time_major, tree)  # noqa: E731
     return carry, time_major(feats), batch_major(post), batch_major(prior)

@@ -1,0 +1,163 @@
+"""A scan over a Flax step whose linear layers' weight gradients are computed after the loop.
+
+Differentiating `lax.scan` adds every step's weight gradient into one accumulator inside the
+backward loop: at the RSSM's observation scan (16 rows a step, 64 steps) that is 64 skinny
+products and 64 additions of every weight matrix (5.1M weights at 12m), the slowest kind of work
+for a CPU or an accelerator. `scan` gives the same gradient with the weight gradients taken out of
+the loop: the backward loop computes only the gradients of the activations, and each linear
+layer's weight gradient is one product over all `T x B` rows afterwards.
+
+How: a linear layer (`nn.Dense`, `nets.BlockLinear`) is linear in its parameters, so the sum over
+steps of its parameter gradients is the gradient of the same layer applied to the stacked inputs
+of every step, taken at the stacked gradients of its outputs. The forward loop records each
+layer's inputs (a Flax method interceptor) and adds a zero to each layer's output whose gradient
+the backward loop returns per step (the gradient of that output); the layer's parameters enter the
+loop as constants. After the loop, `jax.vjp` of the layer's own `apply`, `vmap`ped over the steps,
+turns the stacked inputs and output gradients into its parameter gradients: every row in one
+product. Other parameters (norm scales) keep their per-step accumulation.
+
+  scan(step, params, carry, xs) == lax.scan(lambda c, x: step(params, c, x), carry, xs)
+
+`step(params, carry, x) -> (carry, y)` applies Flax modules with `params` (a variables dict,
+`{'params': ...}`) any number of times, but calls each linear layer at most once per step.
+`tests/test_deferred_grads.py` checks the values and gradients against plain `lax.scan`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from dreamerjax.models import nets
+
+LINEAR = (nn.Dense, nets.BlockLinear)
+
+
+@dataclasses.dataclass
+class _Layer:
+  """One linear layer's call in a step: an unbound copy of the module and how its arguments are
+  put back together from the arrays among them (`treedef` over args and kwargs, the others kept)."""
+  module: nn.Module
+  treedef: Any
+  statics: dict[int, Any]     # leaf index -> a leaf that is not an array (e.g. `blocks_major`)
+  output: jax.ShapeDtypeStruct
+
+  def call(self, params, arrays):
+    arrays = iter(arrays)
+    leaves = [self.statics[i] if i in self.statics else next(arrays)
+              for i in range(self.treedef.num_leaves)]
+    args, kwargs = jax.tree.unflatten(self.treedef, leaves)
+    return self.module.apply({'params': params}, *args, **kwargs)
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(eq=False)
+class _Static:
+  """Python values (the layers' descriptions) carried as residuals without being arrays."""
+  value: Any
+
+
+class _Taps:
+  """Method interceptor: records each linear layer's array arguments (`inputs[path]`), adds
+  `zeros[path]` to its output when given, and describes the layers it met (`layers[path]`)."""
+
+  def __init__(self, zeros: dict | None = None):
+    self.zeros, self.inputs, self.layers = zeros, {}, {}
+
+  def __call__(self, next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != '__call__' or not isinstance(module, LINEAR):
+      return next_fun(*args, **kwargs)
+    path = module.path
+    if path in self.inputs:
+      raise ValueError(f'deferred_grads.scan: the linear layer {"/".join(path)} is called more '
+                       'than once in a step; call each layer once or use lax.scan')
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    self.inputs[path] = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
+    statics = {i: leaf for i, leaf in enumerate(leaves) if not isinstance(leaf, jax.Array)}
+    out = next_fun(*args, **kwargs)
+    self.layers[path] = _Layer(module.clone(parent=None), treedef, statics,
+                               jax.ShapeDtypeStruct(out.shape, out.dtype))
+    return out if self.zeros is None else out + self.zeros[path]
+
+
+def _split(params: dict, paths) -> tuple[dict, dict]:
+  """`params['params']` split into the linear layers' subtrees `{path: subtree}` and a flat dict
+  of the other leaves `{key path: leaf}`."""
+  flat = traverse_util.flatten_dict(params['params'])
+  linear = {path: {key[len(path):]: value for key, value in flat.items()
+                   if key[:len(path)] == path} for path in paths}
+  rest = {key: value for key, value in flat.items() if not any(key[:len(p)] == p for p in paths)}
+  return {path: traverse_util.unflatten_dict(sub) for path, sub in linear.items()}, rest
+
+
+def _join(linear: dict, rest: dict, params: dict) -> dict:
+  flat = dict(rest)
+  for path, sub in linear.items():
+    flat.update({path + key: value for key, value in traverse_util.flatten_dict(sub).items()})
+  return {**params, 'params': traverse_util.unflatten_dict(flat)}
+
+
+def _layers(step, params, carry, xs) -> dict[tuple, _Layer]:
+  """The linear layers one step calls, found by tracing it on shapes only."""
+  taps = _Taps()
+
+  def one_step(carry, x):
+    with nn.intercept_methods(taps):
+      return step(params, carry, x)
+
+  jax.eval_shape(one_step, carry, jax.tree.map(lambda a: a[0], xs))
+  return taps.layers
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan(step: Callable, params: dict, carry, xs):
+  return jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)
+
+
+def _scan_fwd(step, params, carry, xs):
+  layers = _layers(step, params, carry, xs)
+  linear, rest = _split(params, tuple(layers))
+  length = jax.tree.leaves(xs)[0].shape[0]
+  zeros = {path: jnp.zeros((length, *layer.output.shape), layer.output.dtype)
+           for path, layer in layers.items()}
+
+  def tapped(rest, zeros, carry, xs):
+    def body(carry, inputs):
+      x, zero = inputs
+      taps = _Taps(zero)
+      with nn.intercept_methods(taps):
+        carry, y = step(_join(linear, rest, params), carry, x)
+      return carry, (y, jax.lax.stop_gradient(taps.inputs))
+    carry, (ys, inputs) = jax.lax.scan(body, carry, (xs, zeros))
+    return (carry, ys), inputs
+
+  out, pullback, inputs = jax.vjp(tapped, rest, zeros, carry, xs, has_aux=True)
+  return out, (pullback, inputs, linear, _Static(layers), params)
+
+
+def _scan_bwd(step, residuals, cotangent):
+  del step
+  pullback, inputs, linear, layers, params = residuals
+  d_rest, d_outputs, d_carry, d_xs = pullback(cotangent)
+  d_linear = {path: _layer_grad(layer, linear[path], inputs[path], d_outputs[path])
+              for path, layer in layers.value.items()}
+  return _join(d_linear, d_rest, params), d_carry, d_xs
+
+
+def _layer_grad(layer: _Layer, params, inputs: list, d_output):
+  """The parameter gradient of `layer` summed over steps: its `vmap` over the stacked `inputs`
+  `[T, ...]` with the parameters shared, differentiated at `d_output [T, ...]`; the batching of a
+  product with one shared operand folds the steps into its rows, so each weight's gradient is
+  one product over `T x B` rows."""
+  apply = lambda p: jax.vmap(lambda *arrays: layer.call(p, arrays))(*inputs)  # noqa: E731
+  return jax.vjp(apply, params)[1](d_output)[0]
+
+
+scan.defvjp(_scan_fwd, _scan_bwd)
