@@ -138,9 +138,8 @@ class Agent:
     if replay is not None and self.config.agent.replay_critic > 0:
       boot = aux['returns'][:, 0].reshape(replay['reward'].shape)
       replay_targets = behavior.replay_targets(state.slow_critic, replay, boot)
-    (critic_loss, critic_metrics), critic_grads = jax.value_and_grad(
-        behavior.critic_loss, has_aux=True)(params['critic'], aux['features'], aux['returns'],
-                                            aux['weight'], aux['slow_value'], replay_targets)
+    (critic_loss, critic_metrics), critic_grads = behavior.critic_value_and_grad(
+        params['critic'], aux, replay_targets)
     critic_params, critic_opt, critic_norm = _update(self.optimizers['critic'], critic_grads,
                                                      state.opt_state['critic'], params['critic'])
     rate = self.config.agent.slow_critic_rate

@@ -55,8 +55,11 @@ class ActorCritic:
     return dists.ActionDist(self.discrete, outputs, unimix=self.config.actor_unimix)
 
   def value(self, critic_params, features) -> jax.Array:
-    return heads.scalar_predict(self.config.critic_head, self.critic.apply(critic_params, features),
-                                self.world_model.bins)
+    return self._predict(self.critic.apply(critic_params, features))
+
+  def _predict(self, outputs) -> jax.Array:
+    """The value of the critic's `outputs`."""
+    return heads.scalar_predict(self.config.critic_head, outputs, self.world_model.bins)
 
   def starts(self, wm_params, features, batch) -> dict:
     """What imagination starts from, one entry per replayed step (`N = B*T`), gradients stopped:
@@ -94,10 +97,20 @@ class ActorCritic:
           policy_aux=True)
     return (features, actions, outputs) if with_outputs else (features, actions)
 
-  def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont):
+  def critic_forward(self, critic_params, features):
+    """The critic's outputs at the imagined states before the last, as rows `[H N, O]` in step
+    order, and their VJP to `critic_params`: one forward pass that both the returns (through
+    `policy_loss`) and the critic's loss read, as the public code's one critic call does."""
+    with jax.named_scope('imagined_heads'):
+      states = step_major(features)[:-1]
+      return jax.vjp(lambda p: self.critic.apply(p, rows(states)), critic_params)
+
+  def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont,
+              critic_rows=None):
     """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory;
     also the imagined rewards `[N, H]` and the slow critic's values `[N, H+1]` (None when
-    neither the target nor the regularizer uses them), so no head runs twice on the same states."""
+    neither the target nor the regularizer uses them), so no head runs twice on the same states.
+    `critic_rows`: the critic's outputs at `features[:, :-1]` (`critic_forward`), if computed."""
     with jax.named_scope('imagined_heads'):
       a = self.config
       wm = self.world_model
@@ -112,9 +125,12 @@ class ActorCritic:
       logits = each(lambda x: wm.cont_logits(wm_params, x))[1:].T
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      # The critic's loss runs the critic on `states[:-1]`; the same product here lets XLA
-      # merge the two (CSE) when the trajectory is fixed, so the forward pass runs once.
-      value = each(lambda x: self.value(critic_params, x)).T
+      if critic_rows is None:
+        value = each(lambda x: self.value(critic_params, x)).T
+      else:
+        value = jnp.concatenate([self._predict(sg(critic_rows)),
+                                 self.value(critic_params, states[-1])])
+        value = value.reshape(states.shape[0], -1).T
       slow_value = None
       if a.slow_critic_target or a.slow_critic_reg > 0:
         slow_value = each(lambda x: self.value(slow_critic_params, x)).T
@@ -133,7 +149,9 @@ class ActorCritic:
     REINFORCE (no gradient through the rollout) differentiates the loss with respect to the
     outputs the actor produced while imagining and takes that on to its parameters with the
     rollout's VJP, so the actor's forward pass over the imagined states runs once (at 12m, one
-    15k x 2560 x 256 product fewer). Dynamics backprop imagines inside `actor_loss`.
+    15k x 2560 x 256 product fewer). It also runs the critic once over those states
+    (`critic_forward`) for the returns and, through `aux['critic_forward']`, for the critic's
+    loss (`critic_value_and_grad`). Dynamics backprop imagines inside `actor_loss`.
     """
     args = (wm_params, critic_params, slow_critic_params, return_norm, starts, start_cont)
     if self.reinforce_mix < 1.0:
@@ -145,9 +163,11 @@ class ActorCritic:
       return outputs, (features, actions)
 
     outputs, outputs_vjp, trajectory = jax.vjp(rollout, actor_params, has_aux=True)
+    critic_rows, critic_vjp = self.critic_forward(critic_params, trajectory[0])
     with jax.named_scope('actor_loss'):
       (loss, aux), output_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(
-          outputs, *args, trajectory)
+          outputs, *args, trajectory, sg(critic_rows))
+    aux = {**aux, 'critic_forward': (critic_rows, critic_vjp)}
     return (loss, aux), outputs_vjp(output_grads)[0]
 
   def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
@@ -160,13 +180,14 @@ class ActorCritic:
                             starts, start_cont, trajectory)
 
   def policy_loss(self, outputs, wm_params, critic_params, slow_critic_params, return_norm,
-                  starts, start_cont, trajectory):
+                  starts, start_cont, trajectory, critic_rows=None):
     """Actor loss from the actor's outputs `[N, H, O]` at the trajectory's states
-    `features[:, :-1]` (`trajectory = (features, actions)`, see `rollout`)."""
+    `features[:, :-1]` (`trajectory = (features, actions)`, see `rollout`); `critic_rows`: the
+    critic's outputs there (`critic_forward`), else `returns` runs the critic."""
     a = self.config
     features, actions = trajectory
     rollout = self.returns(sg(wm_params), sg(critic_params), sg(slow_critic_params), features,
-                           start_cont)
+                           start_cont, critic_rows)
     returns, value, weight = rollout['returns'], rollout['value'], rollout['weight']
     if a.return_norm == 'percentile':
       low, high, scale = ops.percentile_range_update(
@@ -226,15 +247,31 @@ class ActorCritic:
     return sg(dict(features=replay['features'], returns=returns,
                    weight=1.0 - f32(replay['is_last'])[:, :-1], slow_value=slow_value))
 
-  def critic_loss(self, critic_params, features, returns, weight, slow_value, replay=None):
+  def critic_value_and_grad(self, critic_params, aux: dict, replay=None):
+    """`((loss, metrics), grads)` of `critic_loss` at the actor loss's `aux`. With
+    `aux['critic_forward']` (REINFORCE), the loss is differentiated with respect to those
+    outputs and taken on to the parameters by their VJP, so the critic's forward pass over the
+    imagined states is the one the returns read."""
+    args = (aux['features'], aux['returns'], aux['weight'], aux['slow_value'], replay)
+    if aux.get('critic_forward') is None:
+      return jax.value_and_grad(self.critic_loss, has_aux=True)(critic_params, *args)
+    critic_rows, critic_vjp = aux['critic_forward']
+    (loss, metrics), (grads, row_grads) = jax.value_and_grad(
+        self.critic_loss, (0, 6), has_aux=True)(critic_params, *args, critic_rows)
+    return (loss, metrics), jax.tree.map(jnp.add, grads, critic_vjp(row_grads)[0])
+
+  def critic_loss(self, critic_params, features, returns, weight, slow_value, replay=None,
+                  critic_rows=None):
     """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them;
     None when `slow_critic_reg` is 0). `replay`: `replay_targets`, for the replay-return loss
-    (weighted by `agent.replay_critic`)."""
+    (weighted by `agent.replay_critic`). `critic_rows`: the critic's outputs at
+    `features[:, :-1]` (`critic_forward`), else computed here from `critic_params`."""
     a = self.config
     with jax.named_scope('critic_loss'):
       states = step_major(features)[:-1]
-      outputs = jnp.swapaxes(self.critic.apply(critic_params, rows(states)).reshape(
-          *states.shape[:2], -1), 0, 1)
+      if critic_rows is None:
+        critic_rows = self.critic.apply(critic_params, rows(states))
+      outputs = jnp.swapaxes(critic_rows.reshape(*states.shape[:2], -1), 0, 1)
       loss = jnp.mean(weight * self._value_loss(outputs, returns, slow_value))
       metrics = {'ac/critic_loss': loss}
       if replay is not None:
