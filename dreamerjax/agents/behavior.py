@@ -258,7 +258,8 @@ class ActorCritic:
     critic_rows, critic_vjp = aux['critic_forward']
     (loss, metrics), (grads, row_grads) = jax.value_and_grad(
         self.critic_loss, (0, 6), has_aux=True)(critic_params, *args, critic_rows)
-    return (loss, metrics), jax.tree.map(jnp.add, grads, critic_vjp(row_grads)[0])
+    with jax.named_scope('critic_loss'):
+      return (loss, metrics), jax.tree.map(jnp.add, grads, critic_vjp(row_grads)[0])
 
   def critic_loss(self, critic_params, features, returns, weight, slow_value, replay=None,
                   critic_rows=None):
