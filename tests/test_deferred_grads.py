@@ -49,6 +49,10 @@ def gradients(scan, step, params, carry, xs):
 @pytest.mark.parametrize('latent,bias', [('categorical', True), ('gaussian', False)])
 def test_values_and_gradients_equal_those_of_lax_scan(latent, bias):
   step, params, carry, xs = rssm_case(latent, bias)
+  # Every linear layer of the cell's step is deferred (the prior's are not called in it).
+  assert {'/'.join(path) for path in deferred_grads._layers(step, params, carry, xs)} == {
+      'deter_in/Dense_0', 'stoch_in/Dense_0', 'action_in/Dense_0', 'gru_hidden', 'gru_gates',
+      'posterior_hidden/Dense_0', 'posterior_out'}
   out = deferred_grads.scan(step, params, carry, xs)
   jax.tree.map(np.testing.assert_array_equal, out, plain_scan(step, params, carry, xs))
   expected = gradients(plain_scan, step, params, carry, xs)
@@ -91,3 +95,19 @@ def test_a_layer_called_twice_in_a_step_is_refused():
   xs = jnp.ones((4, 2, 3))
   with pytest.raises(ValueError, match='called more than once'):
     jax.grad(lambda p: jnp.sum(deferred_grads.scan(step, p, jnp.zeros((2, 3)), xs)[1]))(params)
+
+
+def test_a_module_applied_with_other_parameters_is_left_as_it_is():
+  """A layer whose parameters are not those given to `scan` (here a constant readout closed
+  over by the step) is not tapped: the gradients still equal lax.scan's."""
+  step, params, carry, xs = rssm_case()
+  readout = nn.Dense(5)
+  readout_params = readout.init(jax.random.key(3), jnp.zeros((1, 64 + 16)))
+
+  def with_readout(params, carry, inputs):
+    carry, (features, post) = step(params, carry, inputs)
+    return carry, (readout.apply(readout_params, features), post)
+
+  expected = gradients(plain_scan, with_readout, params, carry, xs)
+  got = gradients(deferred_grads.scan, with_readout, params, carry, xs)
+  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), expected, got)

@@ -65,14 +65,20 @@ class _Static:
 
 class _Taps:
   """Method interceptor: records each linear layer's array arguments (`inputs[path]`), adds
-  `zeros[path]` to its output when given, and describes the layers it met (`layers[path]`)."""
+  `zeros[path]` to its output when given, and describes the layers it met (`layers[path]`).
+  Only layers whose parameters are among `params` (the very arrays `scan` was given) are
+  tapped; a module applied with other parameters inside the step runs as it is."""
 
-  def __init__(self, zeros: dict | None = None):
+  def __init__(self, params: dict, zeros: dict | None = None):
     self.zeros, self.inputs, self.layers = zeros, {}, {}
+    self.owned = {id(leaf) for leaf in jax.tree.leaves(params)}
 
   def __call__(self, next_fun, args, kwargs, context):
     module = context.module
     if context.method_name != '__call__' or not isinstance(module, LINEAR):
+      return next_fun(*args, **kwargs)
+    own = jax.tree.leaves(module.variables.get('params', {}))
+    if not own or any(id(leaf) not in self.owned for leaf in own):
       return next_fun(*args, **kwargs)
     path = module.path
     if path in self.inputs:
@@ -106,7 +112,7 @@ def _join(linear: dict, rest: dict, params: dict) -> dict:
 
 def _layers(step, params, carry, xs) -> dict[tuple, _Layer]:
   """The linear layers one step calls, found by tracing it on shapes only."""
-  taps = _Taps()
+  taps = _Taps(params)
 
   def one_step(carry, x):
     with nn.intercept_methods(taps):
@@ -131,9 +137,10 @@ def _scan_fwd(step, params, carry, xs):
   def tapped(rest, zeros, carry, xs):
     def body(carry, inputs):
       x, zero = inputs
-      taps = _Taps(zero)
+      joined = _join(linear, rest, params)
+      taps = _Taps(joined, zero)
       with nn.intercept_methods(taps):
-        carry, y = step(_join(linear, rest, params), carry, x)
+        carry, y = step(joined, carry, x)
       return carry, (y, jax.lax.stop_gradient(taps.inputs))
     carry, (ys, inputs) = jax.lax.scan(body, carry, (xs, zeros))
     return (carry, ys), inputs
