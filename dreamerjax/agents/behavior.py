@@ -119,18 +119,15 @@ class ActorCritic:
       # and no slice of the joined states is copied either. The reward and continue heads run
       # on the start states too, whose outputs are dropped (1/H more of their work).
       states = step_major(features)
-      each = lambda head: jnp.concatenate(  # noqa: E731
-          [head(rows(states[:-1])), head(states[-1])]).reshape(states.shape[0], -1)
+      join = lambda before, last: jnp.concatenate(  # noqa: E731
+          [before, last]).reshape(states.shape[0], -1)
+      each = lambda head: join(head(rows(states[:-1])), head(states[-1]))  # noqa: E731
       reward = each(lambda x: wm.reward(wm_params, x))[1:].T
       logits = each(lambda x: wm.cont_logits(wm_params, x))[1:].T
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      if critic_rows is None:
-        value = each(lambda x: self.value(critic_params, x)).T
-      else:
-        value = jnp.concatenate([self._predict(sg(critic_rows)),
-                                 self.value(critic_params, states[-1])])
-        value = value.reshape(states.shape[0], -1).T
+      value = (each(lambda x: self.value(critic_params, x)) if critic_rows is None else
+               join(self._predict(sg(critic_rows)), self.value(critic_params, states[-1]))).T
       slow_value = None
       if a.slow_critic_target or a.slow_critic_reg > 0:
         slow_value = each(lambda x: self.value(slow_critic_params, x)).T
