@@ -154,3 +154,56 @@ def test_step_major_states_put_the_last_state_apart_and_rows_keep_step_order():
   assert flat.shape == ((steps - 1) * n, width)
   np.testing.assert_array_equal(flat[n], features[0, 1])  # step 1 of trajectory 0
   np.testing.assert_array_equal(flat[n - 1], features[n - 1, 0])
+
+
+def test_one_pass_gradients_equal_plain_autodiff():
+  """REINFORCE's one pass over the imagined states (the actor's outputs from inside imagination,
+  the critic's one forward pass in `critic_forward`, the critic's loss through that pass's VJP)
+  gives the losses and gradients of the plain formulation: the actor run again on the stopped
+  states, the critic run again in its loss, each differentiated directly."""
+  from tests.test_agent import make_agent
+  agent = make_agent(discrete=True)
+  ac = agent.behavior
+  assert ac.reinforce_mix == 1.0  # REINFORCE: the one-pass path
+  state = agent.init(jax.random.key(0))
+  params, slow, norm = state.params, state.slow_critic, state.return_norm
+  # Perturb the zero-initialised output layers so every head's gradient is non-trivial.
+  keys = iter(jax.random.split(jax.random.key(1), 64))
+  params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), params)
+  slow = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), slow)
+  wm = params['world_model']
+  n = 6
+  dynamics = agent.world_model.dynamics
+  features = jax.random.normal(jax.random.key(2), (n, dynamics.feature_size))
+  carry = dynamics.state_from_features(features)
+  if 'stoch' in carry and carry['stoch'].ndim == 3:
+    carry['stoch'] = jax.nn.one_hot(jnp.argmax(carry['stoch'], -1), carry['stoch'].shape[-1])
+  starts = {'carry': carry, 'bc_action': jnp.zeros((n, agent.action_size)), 'bc_mask': jnp.zeros(n)}
+  start_cont = jnp.ones(n)
+  key = jax.random.key(3)
+
+  (loss, aux), grads = ac.actor_value_and_grad(params['actor'], wm, params['critic'], slow, norm,
+                                               starts, start_cont, key)
+  (critic_loss, _), critic_grads = ac.critic_value_and_grad(params['critic'], aux)
+
+  sg = jax.lax.stop_gradient
+  features, actions, _ = ac.rollout(wm, params['actor'], starts, key, with_outputs=True)
+  trajectory = sg((features, actions))
+
+  def plain_actor_loss(actor):
+    outputs = ac.actor.apply(actor, trajectory[0][:, :-1])
+    return ac.policy_loss(outputs, wm, params['critic'], slow, norm, starts, start_cont,
+                          trajectory)
+
+  (want_loss, want_aux), want_grads = jax.value_and_grad(plain_actor_loss, has_aux=True)(
+      params['actor'])
+  (want_critic_loss, _), want_critic_grads = jax.value_and_grad(ac.critic_loss, has_aux=True)(
+      params['critic'], want_aux['features'], want_aux['returns'], want_aux['weight'],
+      want_aux['slow_value'])
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  np.testing.assert_allclose(critic_loss, want_critic_loss, rtol=1e-5)
+  np.testing.assert_allclose(aux['returns'], want_aux['returns'], rtol=1e-5, atol=1e-6)
+  for got, want in [(grads, want_grads), (critic_grads, want_critic_grads)]:
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      assert float(jnp.abs(w).max()) > 0
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * float(jnp.abs(w).max()))
