@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dreamerjax.run import allocator  # noqa: E402
 
-allocator.use_jemalloc()  # both sides' processes inherit the allocator
+allocator.use_fast_allocator()  # both sides' processes inherit the allocator
 
 from absl import flags, logging  # noqa: E402
 

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dreamerjax.run import allocator  # noqa: E402
 
-allocator.use_jemalloc()  # re-executes under jemalloc when it is installed: faster XLA:CPU steps
+allocator.use_fast_allocator()  # re-executes under jemalloc, else glibc huge pages: faster steps
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

@@ -1,4 +1,5 @@
-"""The jemalloc re-execution of the entry scripts (dreamerjax/run/allocator.py)."""
+"""The allocator re-execution of the entry scripts (dreamerjax/run/allocator.py): jemalloc, else
+glibc with transparent huge pages."""
 
 import os
 import subprocess
@@ -31,6 +32,30 @@ def test_preload_environ_opt_out_and_missing_library():
     allocator.preload_environ({allocator.SWITCH: 'tcmalloc'}, LIB)
 
 
+def test_preload_environ_huge_pages_without_jemalloc():
+  environ = allocator.preload_environ({'PATH': '/bin'}, None, huge_pages=True)
+  assert environ == {'PATH': '/bin', 'GLIBC_TUNABLES': allocator.HUGE_PAGES}
+  assert allocator.active(environ) == 'glibc-huge-pages'
+  assert allocator.preload_environ(environ, None, huge_pages=True) is None  # after the re-exec
+  # The user's tunables stay, and theirs win when they set the same one.
+  environ = allocator.preload_environ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, None, True)
+  assert environ['GLIBC_TUNABLES'] == f'glibc.malloc.arena_max=2:{allocator.HUGE_PAGES}'
+  assert allocator.preload_environ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, None, True) is None
+  # jemalloc first; nothing when the kernel offers no huge pages or the user opts out.
+  assert 'GLIBC_TUNABLES' not in allocator.preload_environ({}, LIB, huge_pages=True)
+  assert allocator.preload_environ({}, None, huge_pages=False) is None
+  assert allocator.preload_environ({allocator.SWITCH: 'system'}, None, huge_pages=True) is None
+
+
+@pytest.mark.parametrize('text,offered', [('always [madvise] never\n', True),
+                                          ('[always] madvise never\n', True),
+                                          ('always madvise [never]\n', False)])
+def test_huge_pages_offered_reads_the_kernel_mode(tmp_path, text, offered):
+  (tmp_path / 'enabled').write_text(text)
+  assert allocator.huge_pages_offered(str(tmp_path / 'enabled')) is offered
+  assert allocator.huge_pages_offered(str(tmp_path / 'missing')) is False
+
+
 def test_find_jemalloc_explicit_and_conda(tmp_path):
   with pytest.raises(FileNotFoundError, match='DREAMERJAX_JEMALLOC'):
     allocator.find_jemalloc({allocator.LIBRARY: str(tmp_path / 'missing.so')})
@@ -41,17 +66,41 @@ def test_find_jemalloc_explicit_and_conda(tmp_path):
   assert allocator.find_jemalloc({'CONDA_PREFIX': str(tmp_path)}) == str(library)
 
 
-_PROBE = ('from dreamerjax.run import allocator; allocator.use_jemalloc(); import sys; '
+_PROBE = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); import sys; '
           'print(int("jemalloc" in open("/proc/self/maps").read()), sys.argv[1:])')
 
 
 @pytest.mark.skipif(allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
                     reason='jemalloc is not installed (apt install libjemalloc2)')
 @pytest.mark.parametrize('choice,loaded', [('jemalloc', 1), ('system', 0)])
-def test_use_jemalloc_reexecutes_with_the_same_arguments(choice, loaded):
+def test_use_fast_allocator_reexecutes_with_the_same_arguments(choice, loaded):
   environ = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'MALLOC_CONF')}
   environ[allocator.SWITCH] = choice
   out = subprocess.run([sys.executable, '-c', _PROBE, '--flag=1', 'x'], env=environ, check=True,
                        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
                            os.path.abspath(__file__)))).stdout
   assert out.strip() == f"{loaded} ['--flag=1', 'x']"
+
+
+# Takes 256 MB from glibc's malloc directly (numpy asks for huge pages itself) and reports the
+# process's huge-page memory.
+_HUGE_PROBE = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); '
+               'import ctypes; '
+               'libc = ctypes.CDLL(None); libc.malloc.restype = ctypes.c_void_p; '
+               'p = libc.malloc(256 << 20); libc.memset(ctypes.c_void_p(p), 1, 256 << 20); '
+               'kb = [int(line.split()[1]) for line in open("/proc/self/smaps_rollup") '
+               'if line.startswith("AnonHugePages")][0]; '
+               'print(allocator.active(), int(kb > 0))')
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux') or allocator.find_jemalloc() is not None
+                    or not allocator.huge_pages_offered()
+                    or not os.path.exists('/proc/self/smaps_rollup'),
+                    reason='needs Linux without jemalloc, with transparent huge pages offered')
+def test_use_fast_allocator_falls_back_to_glibc_huge_pages():
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ('LD_PRELOAD', 'MALLOC_CONF', 'GLIBC_TUNABLES', allocator.SWITCH)}
+  out = subprocess.run([sys.executable, '-c', _HUGE_PROBE], env=environ, check=True,
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))).stdout
+  assert out.strip() == 'glibc-huge-pages 1'

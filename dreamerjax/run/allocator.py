@@ -1,16 +1,24 @@
-"""Runs the entry scripts under jemalloc when it is installed (`apt install libjemalloc2`).
+"""Runs the entry scripts with an allocator that does not fault XLA:CPU's buffers in every step.
 
 XLA:CPU takes each execution's temporary buffer (3.4 GB for the 12m image train step) from malloc
 and frees it when the step ends. glibc serves a request that large with a fresh mmap and returns
-it with munmap, so every step faults about a million zeroed pages back in: 3-4 s of kernel time per
-12m step on a 2-core host. jemalloc, told never to purge freed pages (`MALLOC_CONF` below), hands
-the same pages to the next step. docs/benchmarks.md ("Allocator") has the figures.
+it with munmap, so every step faults about a million zeroed 4 KB pages back in: 3-4 s of kernel
+time per 12m image step on a 2-core host, 0.2-0.3 s of a 12m vector step's 1.8 s.
 
-An allocator can only be swapped at process start (`LD_PRELOAD`), so `use_jemalloc()` re-executes
-the script once with the library preloaded; call it first thing in an entry script, before jax is
-imported. It does nothing when jemalloc is not found, when it is already loaded, off Linux, or with
-`DREAMERJAX_ALLOCATOR=system`. `DREAMERJAX_JEMALLOC=/path/libjemalloc.so.2` names the library when
-it is not in a standard place. A `MALLOC_CONF` the user set is kept as is.
+- jemalloc (`apt install libjemalloc2`), told never to purge freed pages (`MALLOC_CONF` below),
+  hands the same pages to the next step: no faults at all.
+- Without jemalloc, glibc with `glibc.malloc.hugetlb=1` (glibc >= 2.35) asks for transparent huge
+  pages on its mmap'd chunks when the kernel offers them (`/sys/kernel/mm/transparent_hugepage`
+  in `always` or `madvise`): the same buffer is faulted in as 2 MB pages, 1/512 as many faults.
+
+docs/benchmarks.md ("Allocator") has the figures.
+
+An allocator can only be chosen at process start (`LD_PRELOAD`, `GLIBC_TUNABLES`), so
+`use_fast_allocator()` re-executes the script once with the new environment; call it first thing
+in an entry script, before jax is imported. It does nothing when neither applies, when the process
+already runs with it, off Linux, or with `DREAMERJAX_ALLOCATOR=system`.
+`DREAMERJAX_JEMALLOC=/path/libjemalloc.so.2` names the library when it is not in a standard place.
+A `MALLOC_CONF` or `GLIBC_TUNABLES` the user set is kept.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ SWITCH = 'DREAMERJAX_ALLOCATOR'   # 'jemalloc' (the default: use it when found) 
 LIBRARY = 'DREAMERJAX_JEMALLOC'   # explicit path of libjemalloc.so.2
 # Keep freed pages mapped (no decay-driven purging): the next step reuses them without faults.
 MALLOC_CONF = 'dirty_decay_ms:-1,muzzy_decay_ms:-1'
+# glibc: transparent huge pages for the chunks it maps (ignored by glibc before 2.35).
+HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
 SEARCH = ('/usr/lib/*-linux-gnu/libjemalloc.so.2', '/usr/lib64/libjemalloc.so.2',
           '/usr/local/lib/libjemalloc.so.2', '/usr/lib/libjemalloc.so.2')
 
@@ -47,30 +58,51 @@ def find_jemalloc(environ: Mapping[str, str] = os.environ) -> str | None:
   return None
 
 
+def huge_pages_offered(path: str = THP_MODE) -> bool:
+  """Whether the kernel gives transparent huge pages to regions that ask (mode `always` or
+  `madvise`, the bracketed word in `path`)."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return False
+  return '[always]' in text or '[madvise]' in text
+
+
 def active(environ: Mapping[str, str] = os.environ) -> str:
-  """'jemalloc' when the process runs with it preloaded, else 'system'."""
-  return 'jemalloc' if 'jemalloc' in environ.get('LD_PRELOAD', '') else 'system'
+  """'jemalloc' when the process runs with it preloaded, 'glibc-huge-pages' under glibc with
+  `HUGE_PAGES`, else 'system'."""
+  if 'jemalloc' in environ.get('LD_PRELOAD', ''):
+    return 'jemalloc'
+  return 'glibc-huge-pages' if HUGE_PAGES in environ.get('GLIBC_TUNABLES', '') else 'system'
 
 
-def preload_environ(environ: Mapping[str, str], library: str | None) -> dict[str, str] | None:
-  """The environment to re-execute with, or None when the process should run as it is."""
+def preload_environ(environ: Mapping[str, str], library: str | None,
+                    huge_pages: bool = False) -> dict[str, str] | None:
+  """The environment to re-execute with, or None when the process should run as it is: jemalloc
+  when `library` is given, else glibc's huge pages when the kernel offers them (`huge_pages`)."""
   choice = environ.get(SWITCH, 'jemalloc')
   if choice not in ('jemalloc', 'system'):
     raise ValueError(f'{SWITCH}={choice!r}: use jemalloc (the default) or system')
-  if choice == 'system' or library is None or active(environ) == 'jemalloc':
+  if choice == 'system' or active(environ) == 'jemalloc':
     return None
   new = dict(environ)
-  new['LD_PRELOAD'] = ':'.join(filter(None, [library, environ.get('LD_PRELOAD', '')]))
-  new.setdefault('MALLOC_CONF', MALLOC_CONF)
+  if library is not None:
+    new['LD_PRELOAD'] = ':'.join(filter(None, [library, environ.get('LD_PRELOAD', '')]))
+    new.setdefault('MALLOC_CONF', MALLOC_CONF)
+    return new
+  if not huge_pages or 'glibc.malloc.hugetlb' in environ.get('GLIBC_TUNABLES', ''):
+    return None
+  new['GLIBC_TUNABLES'] = ':'.join(filter(None, [environ.get('GLIBC_TUNABLES', ''), HUGE_PAGES]))
   return new
 
 
-def use_jemalloc() -> None:
-  """Re-executes this process under jemalloc when `preload_environ` says so (does not return
-  then); otherwise returns and the process goes on with the allocator it has."""
+def use_fast_allocator() -> None:
+  """Re-executes this process under jemalloc, or glibc with huge pages, when `preload_environ`
+  says so (does not return then); otherwise returns and the process goes on as it is."""
   if not sys.platform.startswith('linux'):
     return
-  environ = preload_environ(os.environ, find_jemalloc())
+  environ = preload_environ(os.environ, find_jemalloc(), huge_pages_offered())
   if environ is None:
     return
   argv = list(getattr(sys, 'orig_argv', [sys.executable, *sys.argv]))
