@@ -279,6 +279,25 @@ def test_layer_norm_matches_flax():
   assert shapes == {'params': {'LayerNorm_0': {'bias': (7,), 'scale': (7,)}}}
 
 
+@pytest.mark.parametrize('rows,inputs,outputs', [(300, 64, 16), (300, 16, 64), (8, 64, 16)])
+def test_weight_grad_in_either_layout_is_x_transposed_times_g(rows, inputs, outputs):
+  """`nets.weight_grad` takes `(g.T @ x).T` for many rows and a wide input (the first case), else
+  `x.T @ g`; both are the weight's gradient. `Dense` differentiated through it (`rows_matmul`)
+  equals flax's own `nn.Dense` with the same parameters, for the input and the parameters."""
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(0), (rows, inputs))
+  g = jax.random.normal(jax.random.PRNGKey(1), (rows, outputs))
+  np.testing.assert_allclose(nets.weight_grad(x, g), x.T @ g, rtol=1e-4, atol=1e-3)
+  layer = nets.Dense(outputs, norm='layer', bias=True)
+  params = layer.init(jax.random.PRNGKey(2), x)
+  plain = nn.Dense(outputs)
+  plain_fn = lambda p, x: nets.activation('silu')(nets.Norm('layer').apply(  # noqa: E731
+      {'params': p['params']['Norm_0']}, plain.apply({'params': p['params']['Dense_0']}, x)))
+  want = jax.grad(lambda p, x: jnp.sum(plain_fn(p, x) * jnp.cos(x[:, :1])), (0, 1))(params, x)
+  got = jax.grad(lambda p, x: jnp.sum(layer.apply(p, x) * jnp.cos(x[:, :1])), (0, 1))(params, x)
+  jax.tree.map(lambda w, o: np.testing.assert_allclose(o, w, rtol=1e-4, atol=1e-5), want, got)
+
+
 def test_space_to_depth_kernel_matches_strided_conv():
   """A stride-2 4x4 convolution equals a stride-1 2x2 one over the space-to-depth input."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))

@@ -79,8 +79,18 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Dense(self.units, use_bias=self.bias or self.norm == 'none', dtype=self.dtype)(x)
+    x = nn.Dense(self.units, use_bias=self.bias or self.norm == 'none', dtype=self.dtype,
+                 dot_general=_rows_dot_general)(x)
     return activation(self.act)(Norm(self.norm)(x))
+
+
+def _rows_dot_general(x, w, dimension_numbers, precision=None, preferred_element_type=None):
+  """`nn.Dense`'s product (`x [..., K]` by `w [K, O]`) as `rows_matmul`."""
+  del precision, preferred_element_type
+  if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())):
+    raise ValueError(f'_rows_dot_general: expected a product over the last axis of x and the '
+                     f'first of w, got dimension numbers {dimension_numbers}')
+  return rows_matmul(x, w)
 
 
 class MLP(nn.Module):
@@ -362,14 +372,29 @@ _row_products.defvjp(_row_products_fwd, _row_products_bwd)
 @jax.custom_vjp
 def rows_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """`x @ w` for `x [..., K]`, `w [K, O]`, differentiated as two explicit 2-D products:
-  `dx = g @ w.T` and `dw = x.T @ g` over all `M` rows of `x` at once.
+  `dx = g @ w.T` and `dw = x.T @ g` over all `M` rows of `x` at once (`weight_grad`).
 
   For the convolutions' patch products, autodiff leaves XLA:CPU a layout choice it makes badly:
   it copies every output gradient to a transposed `[O, M]` array (a full-size copy per layer)
   and runs the kernel gradient as an Eigen product. Written out, encoder forward+backward at
   1024 frames (12m) takes 1.43 s instead of 1.96 s, the decoder 1.48 s instead of 2.34 s.
+  `Dense` multiplies through it too (`_rows_dot_general`).
   """
   return x @ w
+
+
+def weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+  """`x.T @ g` for `x [M, K]`, `g [M, O]`: a weight's gradient summed over `M` rows.
+
+  XLA:CPU runs `x.T @ g` (both operands contracted over their leading axis) as an Eigen product,
+  slower than its YNN products. With many rows and an input at least twice as wide as the output
+  (a layer's first product), `(g.T @ x).T` is 1.1-1.8x faster (docs/benchmarks.md): a YNN
+  product, then a transpose of the small `[O, K]` result, which the optimization barrier keeps XLA
+  from folding back into the product. Elsewhere the plain form is as fast or faster.
+  """
+  if x.shape[0] >= 256 and x.shape[1] >= 2 * g.shape[1]:
+    return jax.lax.optimization_barrier(g.T @ x).T
+  return x.T @ g
 
 
 def _rows_matmul_fwd(x, w):
@@ -378,7 +403,7 @@ def _rows_matmul_fwd(x, w):
 
 def _rows_matmul_bwd(residuals, g):
   x, w = residuals
-  dw = x.reshape(-1, w.shape[0]).T @ g.reshape(-1, w.shape[1])
+  dw = weight_grad(x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1]))
   return g @ w.T, dw.astype(w.dtype)
 
 
