@@ -20,6 +20,19 @@ def test_own_times_subtract_nested_ops_per_thread():
   assert times == pytest.approx({'while.1': 50e-6, 'dot.2': 50e-6, 'fusion.3': 40e-6})
 
 
+def test_wall_times_split_moments_among_the_ops_running_then():
+  events = [_event(1, 0, 200, 'while.1'),  # a container: its body's ops carry its time
+            _event(1, 0, 100, 'a'), _event(2, 50, 100, 'b'), _event(1, 170, 30, 'c'),
+            {'ph': 'X', 'tid': 3, 'ts': 0, 'dur': 500, 'name': 'PjitFunction(f)', 'args': {}}]
+  timeline = op_profile.wall_times(events, {'while.1'})
+  # a alone 0-50, a and b 50-100 (half each), b alone 100-150, nothing 150-170, c 170-200.
+  assert timeline['ops'] == pytest.approx({'a': 75e-6, 'b': 75e-6, 'c': 30e-6})
+  assert timeline['untraced_s'] == pytest.approx(20e-6)
+  assert timeline['span_s'] == pytest.approx(200e-6)
+  assert timeline['concurrency'] == pytest.approx({1: 130e-6, 2: 50e-6})
+  assert sum(timeline['ops'].values()) + timeline['untraced_s'] == pytest.approx(200e-6)
+
+
 def test_hlo_families_of_a_compiled_program():
   def fn(x, w, k):
     y = jnp.tanh(x @ w)
@@ -38,6 +51,7 @@ def test_profile_traces_a_program(tmp_path):
   result = op_profile.profile(fn, jnp.ones((256, 256)), jnp.ones((256, 256)), calls=2,
                               log_dir=str(tmp_path))
   assert result['op_s'] > 0 and result['wall_s'] > 0
+  assert sum(result['wall_parts'].values()) > 0 and result['untraced_s'] >= 0
   assert result['families']['matrix product']['seconds'] > 0
   assert abs(sum(f['share'] for f in result['families'].values()) - 1.0) < 1e-6
   assert result['top_ops'][0]['seconds'] >= result['top_ops'][-1]['seconds']

@@ -9,6 +9,8 @@ reduction, else elementwise. Op times on different threads overlap (XLA:CPU runs
 at once), so the families are shares of summed op time, not of wall time. Each op also belongs to
 a part of the update (`PARTS`, the `jax.named_scope`s of the train step; `hlo_parts`), and
 `train_step_profile` gives each part its counted FLOPs and FLOPs per second of its op time.
+`wall_times` reads the same trace by wall time instead: each moment split among the ops running
+then, so the parts' seconds add up to the call (`wall_parts`), less what no op event covers.
 
     python -c "from dreamerjax.analysis import op_profile as p; print(p.train_step_profile('12m'))"
 """
@@ -156,12 +158,51 @@ def own_times(events: list[dict]) -> dict[str, float]:
   return dict(totals)
 
 
+def wall_times(events: list[dict], containers: set[str] = frozenset()) -> dict:
+  """Wall time of each op, from Perfetto 'X' events that carry `args.hlo_op`: every moment of the
+  traced span goes to the ops running then, split equally (two ops side by side get half each),
+  so the ops' seconds add up to the span less `untraced_s`. Ops named in `containers` (a
+  `while` and the ops of its body) are left out. `untraced_s`: moments with no op event, which
+  are mostly ops that the CPU runtime does not trace (Eigen `dot`s). `concurrency`: seconds
+  with 1, 2, ... ops running at once.
+
+  Returns `{'ops': {hlo_op: seconds}, 'untraced_s', 'span_s', 'concurrency': {n: seconds}}`."""
+  points = []
+  for event in events:
+    name = event.get('args', {}).get('hlo_op')
+    if event.get('ph') == 'X' and name is not None and name not in containers:
+      points += [(event['ts'], 1, name), (event['ts'] + event['dur'], -1, name)]
+  points.sort(key=lambda p: (p[0], p[1]))
+  ops: dict[str, float] = collections.defaultdict(float)
+  concurrency: dict[int, float] = collections.defaultdict(float)
+  active: collections.Counter = collections.Counter()
+  untraced, last = 0.0, points[0][0] if points else 0.0
+  for time_us, step, name in points:
+    running = sum(active.values())
+    if time_us > last:
+      seconds = (time_us - last) * 1e-6
+      if running == 0:
+        untraced += seconds
+      else:
+        concurrency[running] += seconds
+        for op, count in active.items():
+          ops[op] += seconds * count / running
+    active[name] += step
+    if active[name] == 0:
+      del active[name]
+    last = time_us
+  span = (points[-1][0] - points[0][0]) * 1e-6 if points else 0.0
+  return {'ops': dict(ops), 'untraced_s': untraced, 'span_s': span,
+          'concurrency': dict(sorted(concurrency.items()))}
+
+
 def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
   """Compiles `jax.jit(fn)`, runs it twice untraced (the second call's seconds are `wall_s`),
   then `calls` times under the profiler.
 
-  Returns `{'wall_s', 'op_s', 'families': {family: {'seconds', 'share'}}, 'top_ops': [...]}`,
-  seconds per call (`op_s` summed op time; `share` of `op_s`)."""
+  Returns `{'wall_s', 'op_s', 'families': {family: {'seconds', 'share'}}, 'top_ops': [...],
+  'parts', 'wall_parts', 'untraced_s', 'concurrency_s'}`, seconds per call (`op_s` summed op
+  time; `share` of `op_s`; `wall_parts` and the last two from `wall_times`)."""
   compiled = jax.jit(fn).lower(*args).compile()
   families = hlo_families(compiled.as_text())
   parts = hlo_parts(compiled.as_text())
@@ -181,7 +222,16 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
   ops = {name: seconds / calls for name, seconds in own_times(events).items()}
-  return summarize(ops, families, wall, parts)
+  result = summarize(ops, families, wall, parts)
+  # The same trace by wall time: ops side by side share it (op times above overlap).
+  timeline = wall_times(events, {n for n, f in families.items() if f == 'loop control'})
+  by_part: dict[str, float] = collections.defaultdict(float)
+  for name, seconds in timeline['ops'].items():
+    by_part[parts.get(name, 'unscoped')] += seconds / calls
+  result['wall_parts'] = dict(sorted(by_part.items(), key=lambda kv: -kv[1]))
+  result['untraced_s'] = timeline['untraced_s'] / calls
+  result['concurrency_s'] = {n: s / calls for n, s in timeline['concurrency'].items()}
+  return result
 
 
 def summarize(ops: dict[str, float], families: dict[str, str], wall: float,
