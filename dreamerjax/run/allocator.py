@@ -8,8 +8,9 @@ time per 12m image step on a 2-core host, 0.2-0.3 s of a 12m vector step's 1.8 s
 - jemalloc (`apt install libjemalloc2`), told never to purge freed pages (`MALLOC_CONF` below),
   hands the same pages to the next step: no faults at all.
 - Without jemalloc, glibc with `glibc.malloc.hugetlb=1` (glibc >= 2.35) asks for transparent huge
-  pages on its mmap'd chunks when the kernel offers them (`/sys/kernel/mm/transparent_hugepage`
-  in `always` or `madvise`): the same buffer is faulted in as 2 MB pages, 1/512 as many faults.
+  pages on its mmap'd chunks where the kernel gives them only on request
+  (`/sys/kernel/mm/transparent_hugepage/enabled` is `madvise`, a common default): the same buffer
+  is faulted in as 2 MB pages, 1/512 as many faults.
 
 docs/benchmarks.md ("Allocator") has the figures.
 
@@ -59,14 +60,15 @@ def find_jemalloc(environ: Mapping[str, str] = os.environ) -> str | None:
 
 
 def huge_pages_offered(path: str = THP_MODE) -> bool:
-  """Whether the kernel gives transparent huge pages to regions that ask (mode `always` or
-  `madvise`, the bracketed word in `path`)."""
+  """Whether the kernel gives transparent huge pages to the regions that ask for them and only
+  to those (mode `madvise`, the bracketed word in `path`): there glibc's `HUGE_PAGES` makes the
+  difference. In mode `always` every large region gets them already, and glibc asks for none."""
   try:
     with open(path) as f:
       text = f.read()
   except OSError:
     return False
-  return '[always]' in text or '[madvise]' in text
+  return '[madvise]' in text
 
 
 def active(environ: Mapping[str, str] = os.environ) -> str:
