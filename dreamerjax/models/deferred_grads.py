@@ -161,15 +161,15 @@ def _scan_bwd(step, residuals, cotangent):
 def _layer_grad(layer: _Layer, params, inputs: list, d_output):
   """The parameter gradient of `layer` summed over steps, differentiated at `d_output [T, ...]`.
 
-  An `nn.Dense` acts on rows, so it is applied once to the `T x B` rows of its stacked inputs
-  `[T, B, ...]`. Other layers (`BlockLinear` with its blocks-major output) are `vmap`ped over the
+  An `nn.Dense` acts on its last axis, so it is applied once to every row of its stacked inputs
+  `[T, ..., K]`. Other layers (`BlockLinear` with its blocks-major output) are `vmap`ped over the
   steps with the parameters shared; the batching of a product with one shared operand folds the
   steps into its rows. Either way each weight's gradient is one product over `T x B` rows (a
   custom VJP inside, as `Dense`'s, would be batched per step under `vmap` instead)."""
   if isinstance(layer.module, nn.Dense):
-    rows = [x.reshape(-1, *x.shape[2:]) for x in inputs]
+    rows = [x.reshape(-1, x.shape[-1]) for x in inputs]
     apply = lambda p: layer.call(p, rows)  # noqa: E731
-    return jax.vjp(apply, params)[1](d_output.reshape(-1, *d_output.shape[2:]))[0]
+    return jax.vjp(apply, params)[1](d_output.reshape(-1, d_output.shape[-1]))[0]
   apply = lambda p: jax.vmap(lambda *arrays: layer.call(p, arrays))(*inputs)  # noqa: E731
   return jax.vjp(apply, params)[1](d_output)[0]
 
