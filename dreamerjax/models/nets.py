@@ -317,7 +317,7 @@ def _shift_conv_bwd(pad, residuals, g):
 
   def offset_product(offset):
     view = jax.lax.dynamic_slice(padded, (0, offset // k, offset % k, 0), (n, h, w, c))
-    return view.reshape(-1, c).T @ rows
+    return weight_grad(view.reshape(-1, c), rows)
 
   # One loop over the k*k offsets rather than k*k products in the program: the same products
   # and seconds per call, a quarter of each layer gradient's compile time (docs/benchmarks.md).
@@ -357,7 +357,8 @@ def _row_products_bwd(residuals, g):
   k, width, out = kernel.shape
   out_h = g.shape[1]
   flat = g.reshape(-1, out)
-  dkernel = jnp.stack([rows[:, a:a + out_h].reshape(-1, width).T @ flat for a in range(k)])
+  dkernel = jnp.stack([weight_grad(rows[:, a:a + out_h].reshape(-1, width), flat)
+                       for a in range(k)])
   # Row r of `rows` received row r - a of the output through kernel row a.
   taps = g @ kernel.transpose(2, 0, 1).reshape(out, k * width)
   taps = taps.reshape(*g.shape[:3], k, width)
