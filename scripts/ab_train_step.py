@@ -38,7 +38,8 @@ _OUT = flags.DEFINE_string('out', None, 'Optional JSON file for the result.')
 
 
 def _compile(tree: str):
-  """`(compiled train step, state, batch)` of the `dreamerjax` package under `tree`."""
+  """`(compiled train step, state, batch)` of the `dreamerjax` package under `tree`. Only calls
+  that older revisions have too (`bench_agent`, `synthetic_batch`), so any base can be timed."""
   for name in [n for n in sys.modules if n == 'dreamerjax' or n.startswith('dreamerjax.')]:
     del sys.modules[name]
   sys.path.insert(0, tree)
