@@ -135,7 +135,11 @@ def test_transfer_guard_covers_the_steady_state_loop(tmp_path, monkeypatch):
 
 def test_vmapped_seeds_train_like_separate_seeds():
   # K=4 agents as one vmapped program vs 4 separate programs, each seed on its own batch.
-  # Tolerance after 3 steps: rtol 1e-5, atol 1e-6 (measured: at most 1e-7 apart).
+  # Tolerance after 3 steps: rtol 1e-5, atol 1e-5, a tenth of one Adam step of the world model
+  # (lr 1e-4). Measured: at most 1e-7 apart, except one gru_hidden weight of seed 0 (1.5e-6):
+  # Adam divides each gradient by its own size, so rounding in an element whose per-row terms
+  # nearly cancel moves it by a percent of a step. A seed trained on another's batch, or with
+  # another's key, moves most weights by whole steps.
   agent = debug_agent()
   seeds = 4
   batches = [jax.device_get(benchmark.synthetic_batch(agent.obs_space, 4, 8, 3, seed=k))
@@ -156,7 +160,7 @@ def test_vmapped_seeds_train_like_separate_seeds():
     np.testing.assert_allclose(metrics['wm/loss'][k], alone_metrics['wm/loss'], rtol=1e-5)
     for want, got in zip(jax.tree.leaves(parallel.to_host(alone.params)),
                          jax.tree.leaves(together), strict=True):
-      np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(got[k], want, rtol=1e-5, atol=1e-5)
 
 
 def test_seeds_in_one_run_equal_separate_runs_and_resume(tmp_path):
