@@ -1,6 +1,8 @@
 """`model.arch=public2024`: the networks of the 2024 public DreamerV3 code, parameter for parameter;
 and the FLOP counter both sides of the comparison with that code use."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,9 +132,13 @@ def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   # comes after, so it cannot have left a trace for the timed lowering to reuse.
   assert 0 < record['lower_s'] < record['compile_s']
   assert record['counted_flops'] > 0 and len(record['step_s_calls']) == 1
+  # The kernel's share of each call (system CPU seconds, all threads): at most all cores' worth.
+  assert len(record['step_sys_s_calls']) == 1
+  assert 0 <= record['step_sys_s_calls'][0] <= os.cpu_count() * record['step_s_calls'][0] + 0.05
   assert record['params_by_part']['total'] == sum(
       count for part, count in record['params_by_part'].items() if part != 'total')
   records = [{**record, 'config': config, 'round': 0} for config in ('public', 'public2024')]
   row = public_harness.summarize(records)['rows'][0]
   assert row['sides']['public2024']['lower_s'] == record['lower_s']
+  assert row['sides']['public2024']['step_sys_s_median'] == record['step_sys_s_calls'][0]
   assert row['equal_architecture']['compile_ratio'] == 1.0

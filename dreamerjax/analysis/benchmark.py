@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ class Timing(NamedTuple):
   step_s: float           # median over the timed calls
   calls: list[float]      # every timed call's seconds
   lower_s: float          # trace + lower, the Python part of `compile_s`
+  sys_calls: list[float]  # every timed call's system CPU seconds, all threads (page faults)
 
 
 def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timing:
@@ -71,7 +73,8 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
   as a call finishes, and the next call often allocates a second one first; on this VM the
   first touch of fresh memory costs about 30 us per page, a 25-35 s stall once per process.
   The median, not the mean: that stall can still land in a timed call, and on a shared host
-  other stalls do."""
+  other stalls do. Each call's system CPU seconds (`sys_calls`) show the kernel's share: mostly
+  zeroing the pages of a freshly mapped scratch buffer (docs/benchmarks.md, "Noise")."""
   start = time.perf_counter()
   lowered = step.lower(state, data)
   lower_s = time.perf_counter() - start
@@ -80,13 +83,14 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
   for _ in range(warmup):
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
-  seconds = []
+  seconds, sys_seconds = [], []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start, start_sys = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
     seconds.append(time.perf_counter() - start)
-  return Timing(compiled, compile_s, float(np.median(seconds)), seconds, lower_s)
+    sys_seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - start_sys)
+  return Timing(compiled, compile_s, float(np.median(seconds)), seconds, lower_s, sys_seconds)
 
 
 def xla_flops(compiled: jax.stages.Compiled) -> float:
@@ -147,6 +151,7 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],
+          'step_sys_s_calls': [round(t, 3) for t in timing.sys_calls],
           'flops': flops, 'flops_per_s': flops / step_s,
           'matmul_flops': matmul, 'matmul_flops_per_s': matmul / step_s}
 
@@ -380,7 +385,8 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
   return {'side': 'dreamerjax', 'arch': arch, 'preset': size, 'obs': obs, 'batch': batch,
           'length': length, 'params_by_part': counts, 'xla_flops': xla_flops(timing.compiled),
           'counted_flops': counted, 'compile_s': timing.compile_s, 'lower_s': timing.lower_s,
-          'step_s_calls': timing.calls, 'jax': jax.__version__, 'allocator': allocator.active(),
+          'step_s_calls': timing.calls, 'step_sys_s_calls': timing.sys_calls,
+          'jax': jax.__version__, 'allocator': allocator.active(),
           'matmul_peak': matmul_peak()}
 
 

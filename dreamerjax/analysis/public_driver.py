@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import sys
 import time
 
@@ -147,19 +148,20 @@ def main():
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
 
   params = agent.params
-  seconds = []
+  seconds, sys_seconds = [], []  # wall and system CPU seconds per call, as on dreamerjax's side
   for index in range(args.warmup + args.repeats):
-    start = time.perf_counter()
+    start, start_sys = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     params, carry, _, metrics = compiled(*split(params), seed, carry, data)
     jax.block_until_ready((params, metrics))
     if index >= args.warmup:
       seconds.append(time.perf_counter() - start)
+      sys_seconds.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - start_sys)
   record = {
       'side': 'public', 'preset': args.size, 'obs': args.obs, 'batch': batch,
       'length': args.length, 'replay_context': context, 'overrides': args.set,
       'params_by_part': counts, 'xla_flops': float(cost.get('flops', float('nan'))),
       'counted_flops': counted, 'compile_s': compile_s, 'lower_s': lower_s,
-      'step_s_calls': seconds,
+      'step_s_calls': seconds, 'step_sys_s_calls': sys_seconds,
       'jax': jax.__version__, 'matmul_peak': flops_module.matmul_peak()}
   print('RECORD', json.dumps(record), flush=True)
 
