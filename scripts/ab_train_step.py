@@ -8,6 +8,11 @@ temporary folder). Both programs are compiled in the same process and their call
 drift of the host's speed between runs minutes apart (docs/benchmarks.md, "Noise") falls on both
 sides alike. Prints each side's median and every call's seconds, and whether the two programs'
 metrics agree; `--out` writes them as JSON.
+
+Two programs in one process share the allocator: where their scratch buffers differ in size (an
+unrolled loop against a scan, say), one side can pay for fresh pages the other does not, and a
+gain seen here then needs confirming in separate processes (docs/benchmarks.md, "Categorical
+draws by the inverse CDF"). Identical programs differed by up to 2.8% in median on a noisy host.
 """
 
 import json
