@@ -34,7 +34,7 @@ def categorical_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
   is the number of cumulative probabilities at or below `u` (times their total, so rounding in the
   sum cannot push `u` past the last class). That takes one random number per group where an
   exponential race or the Gumbel-max draw of `jax.random.categorical` take one per class: at 12m
-  (1024 x 32 x 16 per imagination step) a draw takes 0.9 ms instead of 2.7 (docs/benchmarks.md).
+  (1024 x 32 x 16 per imagination step) a draw takes 0.75 ms instead of 2.7 (docs/benchmarks.md).
   """
   probs = jax.nn.softmax(logits, -1)
   cdf = jnp.cumsum(probs, -1)
