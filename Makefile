@@ -1,4 +1,4 @@
-# dreamerjax: `make install`, `make test`, `make train`, `make learning-check`, `make bench`, `make bench-public`, `make lint`.
+# dreamerjax: `make install`, `make jemalloc`, `make test`, `make train`, `make learning-check`, `make bench`, `make bench-public`, `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ WORKDIR ?= runs/cartpole
 ARGS ?=
 LINT_PATHS := $(wildcard dreamerjax scripts experiments tests)
 
-.PHONY: install train test bench bench-accelerator bench-public lint learning-check clean distclean FORCE
+.PHONY: install jemalloc train test bench bench-accelerator bench-public lint learning-check clean distclean FORCE
 
 install: $(STAMP)
 
@@ -18,6 +18,19 @@ $(STAMP): setup.cfg pyproject.toml $(if $(wildcard $(PY)),,FORCE)
 	touch $@
 
 FORCE:
+
+# Debian's jemalloc unpacked into the virtualenv's lib/, no root needed (apt-get download and
+# dpkg-deb); the entry scripts then run under it (dreamerjax/run/allocator.py). Pinned to the
+# Debian 12 package; JEMALLOC_DEB=libjemalloc2=<version> names another.
+JEMALLOC_DEB ?= libjemalloc2=5.3.0-1
+JEMALLOC_HELP := could not fetch $(JEMALLOC_DEB) with apt-get download (needs Debian or Ubuntu \
+  package lists); install libjemalloc2 another way or set DREAMERJAX_JEMALLOC=<its path>
+jemalloc: install
+	@tmp=$$(mktemp -d) && dest=$(abspath $(VENV))/lib \
+	  && (cd $$tmp && apt-get download $(JEMALLOC_DEB) && dpkg-deb -x libjemalloc2_*.deb root \
+	      && cp root/usr/lib/*/libjemalloc.so.2 $$dest/) ; status=$$? ; rm -rf $$tmp ; \
+	  if [ $$status -ne 0 ]; then echo "make jemalloc: $(JEMALLOC_HELP)" >&2; exit 1; fi ; \
+	  echo "jemalloc: $$dest/libjemalloc.so.2"
 
 train: install
 	$(PY) scripts/train.py --config=experiments/classic.py:task=CartPole-v1 --workdir=$(WORKDIR) $(ARGS)

@@ -56,7 +56,7 @@ def test_huge_pages_offered_reads_the_kernel_mode(tmp_path, text, offered):
   assert allocator.huge_pages_offered(str(tmp_path / 'missing')) is False
 
 
-def test_find_jemalloc_explicit_and_conda(tmp_path):
+def test_find_jemalloc_explicit_conda_and_environment(tmp_path):
   with pytest.raises(FileNotFoundError, match='DREAMERJAX_JEMALLOC'):
     allocator.find_jemalloc({allocator.LIBRARY: str(tmp_path / 'missing.so')})
   library = tmp_path / 'lib' / 'libjemalloc.so.2'
@@ -64,6 +64,13 @@ def test_find_jemalloc_explicit_and_conda(tmp_path):
   library.write_bytes(b'')
   assert allocator.find_jemalloc({allocator.LIBRARY: str(library)}) == str(library)
   assert allocator.find_jemalloc({'CONDA_PREFIX': str(tmp_path)}) == str(library)
+  # `make jemalloc` unpacks it into the virtualenv's lib/: found there without any variable.
+  assert allocator.find_jemalloc({}, prefix=str(tmp_path)) == str(library)
+  # An explicit path wins over the environment's copy.
+  other = tmp_path / 'other.so.2'
+  other.write_bytes(b'')
+  explicit = {allocator.LIBRARY: str(other)}
+  assert allocator.find_jemalloc(explicit, prefix=str(tmp_path)) == str(other)
 
 
 _PROBE = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); import sys; '

@@ -5,8 +5,8 @@ and frees it when the step ends. glibc serves a request that large with a fresh 
 it with munmap, so every step faults about a million zeroed 4 KB pages back in: 3-4 s of kernel
 time per 12m image step on a 2-core host, 0.2-0.3 s of a 12m vector step's 1.8 s.
 
-- jemalloc (`apt install libjemalloc2`), told never to purge freed pages (`MALLOC_CONF` below),
-  hands the same pages to the next step: no faults at all.
+- jemalloc (`apt install libjemalloc2`, or `make jemalloc` without root), told never to purge
+  freed pages (`MALLOC_CONF` below), hands the same pages to the next step: no faults at all.
 - Without jemalloc, glibc with `glibc.malloc.hugetlb=1` (glibc >= 2.35) asks for transparent huge
   pages on its mmap'd chunks where the kernel gives them only on request
   (`/sys/kernel/mm/transparent_hugepage/enabled` is `madvise`, a common default): the same buffer
@@ -40,16 +40,17 @@ SEARCH = ('/usr/lib/*-linux-gnu/libjemalloc.so.2', '/usr/lib64/libjemalloc.so.2'
           '/usr/local/lib/libjemalloc.so.2', '/usr/lib/libjemalloc.so.2')
 
 
-def find_jemalloc(environ: Mapping[str, str] = os.environ) -> str | None:
+def find_jemalloc(environ: Mapping[str, str] = os.environ, prefix: str = sys.prefix) -> str | None:
   """Path of the jemalloc shared library: `$DREAMERJAX_JEMALLOC`, then `$CONDA_PREFIX/lib`, then
-  the system library directories; None when there is none."""
+  `lib/` of the running Python environment (`prefix`; where `make jemalloc` puts it), then the
+  system library directories; None when there is none."""
   if environ.get(LIBRARY):
     path = environ[LIBRARY]
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{LIBRARY}={path} is not a file: point it at libjemalloc.so.2 '
                               f'or unset it')
     return path
-  patterns = list(SEARCH)
+  patterns = [os.path.join(prefix, 'lib', 'libjemalloc.so.2'), *SEARCH]
   if environ.get('CONDA_PREFIX'):
     patterns.insert(0, os.path.join(environ['CONDA_PREFIX'], 'lib', 'libjemalloc.so.2'))
   for pattern in patterns:
