@@ -128,7 +128,7 @@ def _side(records: list[dict]) -> dict:
   """One configuration's figures over its records (all rounds): the median, min and max over
   every timed call, the median compile time, the median system CPU seconds per call."""
   calls = [t for record in records for t in record['step_s_calls']]
-  sys_calls = [t for record in records for t in record.get('step_sys_s_calls', [])]
+  sys_calls = [t for record in records for t in record['step_sys_s_calls']]
   first = records[0]
   median = float(np.median(calls))
   return {'params_by_part': first['params_by_part'], 'xla_flops': first['xla_flops'],
@@ -137,7 +137,7 @@ def _side(records: list[dict]) -> dict:
           'lower_s': float(np.median([r.get('lower_s', float('nan')) for r in records])),
           'step_s_median': median, 'step_s_min': min(calls), 'step_s_max': max(calls),
           'step_s_calls': calls, 'step_sys_s_calls': sys_calls,
-          'step_sys_s_median': float(np.median(sys_calls)) if sys_calls else None,
+          'step_sys_s_median': float(np.median(sys_calls)),
           'counted_flops_per_s': first['counted_flops'] / median,
           'xla_flops_per_s': first['xla_flops'] / median}
 
