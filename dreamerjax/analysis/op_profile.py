@@ -204,8 +204,8 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
   'parts', 'wall_parts', 'untraced_s', 'concurrency_s'}`, seconds per call (`op_s` summed op
   time; `share` of `op_s`; `wall_parts` and the last two from `wall_times`)."""
   compiled = jax.jit(fn).lower(*args).compile()
-  families = hlo_families(compiled.as_text())
-  parts = hlo_parts(compiled.as_text())
+  hlo = compiled.as_text()
+  families, parts = hlo_families(hlo), hlo_parts(hlo)
   jax.block_until_ready(compiled(*args))
   start = time.perf_counter()
   jax.block_until_ready(compiled(*args))
