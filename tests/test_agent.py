@@ -260,23 +260,49 @@ def test_patch_conv_equals_conv(size, kernel, stride, pad):
     np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-4)
 
 
-def test_layer_norm_matches_flax():
-  """`nets.layer_norm` (hand-written gradient) against flax's LayerNorm: values and gradients for
-  input, scale and bias; `Norm('layer')` keeps flax's parameter names."""
+@pytest.mark.parametrize('kind', ['layer', 'rms'])
+@pytest.mark.parametrize('act', [None, 'silu', 'elu', 'relu', 'tanh'])
+def test_norm_with_activation_matches_flax(kind, act):
+  """`Norm(kind, act)` (the norm and activation differentiated by hand, `nets.norm_act`) against
+  flax's LayerNorm or RMSNorm followed by the activation: values and gradients for the input and
+  the parameters, and flax's parameter names."""
   import flax.linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 5, 7)) * 3.0 + 1.0
-  reference = nn.LayerNorm(epsilon=1e-3)
-  params = reference.init(jax.random.PRNGKey(1), x)['params']
-  params = {'scale': params['scale'] + 0.3, 'bias': params['bias'] - 0.2}
+  reference = (nn.LayerNorm if kind == 'layer' else nn.RMSNorm)(epsilon=1e-3)
+  params = jax.tree.map(lambda v: v + 0.3, reference.init(jax.random.PRNGKey(1), x)['params'])
   cotangent = jax.random.normal(jax.random.PRNGKey(2), x.shape)
-  want_fn = lambda x, p: reference.apply({'params': p}, x)  # noqa: E731
-  got_fn = lambda x, p: nets.layer_norm(x, p['scale'], p['bias'])  # noqa: E731
+  module = nets.Norm(kind, act)
+  name = 'LayerNorm_0' if kind == 'layer' else 'RMSNorm_0'
+  shapes = jax.tree.map(jnp.shape, module.init(jax.random.PRNGKey(0), x))
+  assert shapes == {'params': {name: jax.tree.map(jnp.shape, params)}}
+  activate = (lambda y: y) if act is None else nets.activation(act)
+  want_fn = lambda x, p: activate(reference.apply({'params': p}, x))  # noqa: E731
+  got_fn = lambda x, p: module.apply({'params': {name: p}}, x)  # noqa: E731
   np.testing.assert_allclose(got_fn(x, params), want_fn(x, params), atol=1e-5)
   grads = [jax.grad(lambda x, p, f=f: jnp.sum(f(x, p) * cotangent), (0, 1))(x, params)
            for f in (want_fn, got_fn)]
   jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, atol=1e-5), *grads)
-  shapes = jax.tree.map(jnp.shape, nets.Norm('layer').init(jax.random.PRNGKey(0), x))
-  assert shapes == {'params': {'LayerNorm_0': {'bias': (7,), 'scale': (7,)}}}
+
+
+def test_norm_gradient_keeps_only_its_input(capsys):
+  """Differentiating a norm with its activation stores one array of the input's size for the
+  backward pass (the input; the rest is recomputed), where autodiff of flax's RMSNorm and SiLU
+  stores several (`jax.ad_checkpoint.print_saved_residuals` lists what is stored)."""
+  import flax.linen as nn
+  from jax import ad_checkpoint
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 32))
+  module = nets.Norm('rms', 'silu')
+  params = module.init(jax.random.PRNGKey(1), x)
+
+  def stored(f):
+    capsys.readouterr()
+    ad_checkpoint.print_saved_residuals(f, x)
+    return capsys.readouterr().out.count('f32[64,32]')
+
+  reference = nn.RMSNorm(epsilon=1e-3)
+  assert stored(lambda x: module.apply(params, x)) == 1
+  assert stored(lambda x: nn.silu(reference.apply({'params': params['params']['RMSNorm_0']},
+                                                  x))) > 1
 
 
 @pytest.mark.parametrize('rows,inputs,outputs', [(300, 64, 16), (300, 16, 64), (8, 64, 16)])

@@ -142,3 +142,7 @@ def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   assert row['sides']['public2024']['lower_s'] == record['lower_s']
   assert row['sides']['public2024']['step_sys_s_median'] == record['step_sys_s_calls'][0]
   assert row['equal_architecture']['compile_ratio'] == 1.0
+  # The scratch buffer a call allocates: more than the batch's 2 x 8 vectors of 17 floats, less
+  # than a gigabyte at this size; both sides are the same record here, so the ratio is 1.
+  assert 2 * 8 * 17 * 4 < record['scratch_bytes'] < 1e9
+  assert row['equal_architecture']['scratch_ratio'] == 1.0

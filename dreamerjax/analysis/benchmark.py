@@ -93,6 +93,14 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
   return Timing(compiled, compile_s, float(np.median(seconds)), seconds, lower_s, sys_seconds)
 
 
+def scratch_bytes(compiled: jax.stages.Compiled) -> int | None:
+  """Bytes of the scratch buffer that each call of a compiled program allocates (XLA's temporary
+  memory: activations kept for the backward pass, loop outputs); None where the backend gives
+  no memory analysis."""
+  stats = compiled.memory_analysis()
+  return None if stats is None else int(stats.temp_size_in_bytes)
+
+
 def xla_flops(compiled: jax.stages.Compiled) -> float:
   """XLA's own FLOP count of a compiled program (`cost_analysis`, which counts a loop body once),
   NaN where the backend gives none."""
@@ -136,8 +144,9 @@ def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> di
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
                       repeats: int = 7, variant: str = 'dreamerv3',
                       model: dict | None = None) -> dict:
-  """Compile time, seconds per step (median of `repeats` calls; `step_s_calls` holds each), XLA
-  FLOPs (`cost_analysis`, which counts loop bodies once), matrix-product FLOPs with every loop
+  """Compile time, seconds per step (median of `repeats` calls; `step_s_calls` holds each), the
+  per-call scratch memory (`scratch_bytes`), XLA FLOPs (`cost_analysis`, which counts loop bodies
+  once), matrix-product FLOPs with every loop
   step counted (`matmul_flops`) and achieved FLOP/s."""
   agent = bench_agent(size, obs, actions, variant, model)
   state = jax.jit(agent.init)(jax.random.key(0))
@@ -152,6 +161,7 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],
           'step_sys_s_calls': [round(t, 3) for t in timing.sys_calls],
+          'scratch_bytes': scratch_bytes(timing.compiled),
           'flops': flops, 'flops_per_s': flops / step_s,
           'matmul_flops': matmul, 'matmul_flops_per_s': matmul / step_s}
 
@@ -371,7 +381,8 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
                 actions: int = 17, repeats: int = 3) -> dict:
   """dreamerjax's side of the comparison with the public code (`public_harness`), in the public
   driver's record layout: parameters per part, XLA and counted FLOPs, compile seconds, every
-  timed call's seconds after two warm-ups, and this runtime's matmul peak."""
+  timed call's seconds after two warm-ups, the per-call scratch memory, and this runtime's matmul
+  peak."""
   agent = bench_agent(size, obs, actions, model={'arch': arch})
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
@@ -386,6 +397,7 @@ def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, lengt
           'length': length, 'params_by_part': counts, 'xla_flops': xla_flops(timing.compiled),
           'counted_flops': counted, 'compile_s': timing.compile_s, 'lower_s': timing.lower_s,
           'step_s_calls': timing.calls, 'step_sys_s_calls': timing.sys_calls,
+          'scratch_bytes': scratch_bytes(timing.compiled),
           'jax': jax.__version__, 'allocator': allocator.active(),
           'matmul_peak': matmul_peak()}
 

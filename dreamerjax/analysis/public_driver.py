@@ -146,6 +146,7 @@ def main():
   counted = flops_module.matmul_flops(train, *split(agent.params), seed, carry, data)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  memory = compiled.memory_analysis()  # the scratch buffer each call allocates
 
   params = agent.params
   seconds, sys_seconds = [], []  # wall and system CPU seconds per call, as on dreamerjax's side
@@ -162,6 +163,7 @@ def main():
       'params_by_part': counts, 'xla_flops': float(cost.get('flops', float('nan'))),
       'counted_flops': counted, 'compile_s': compile_s, 'lower_s': lower_s,
       'step_s_calls': seconds, 'step_sys_s_calls': sys_seconds,
+      'scratch_bytes': None if memory is None else int(memory.temp_size_in_bytes),
       'jax': jax.__version__, 'matmul_peak': flops_module.matmul_peak()}
   print('RECORD', json.dumps(record), flush=True)
 

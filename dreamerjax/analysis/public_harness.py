@@ -126,7 +126,8 @@ def _brief(record: dict) -> dict:
 
 def _side(records: list[dict]) -> dict:
   """One configuration's figures over its records (all rounds): the median, min and max over
-  every timed call, the median compile time, the median system CPU seconds per call."""
+  every timed call, the median compile time, the median system CPU seconds per call, and the
+  scratch memory of a call (`scratch_bytes`, None where the backend reports none)."""
   calls = [t for record in records for t in record['step_s_calls']]
   sys_calls = [t for record in records for t in record['step_sys_s_calls']]
   first = records[0]
@@ -138,6 +139,7 @@ def _side(records: list[dict]) -> dict:
           'step_s_median': median, 'step_s_min': min(calls), 'step_s_max': max(calls),
           'step_s_calls': calls, 'step_sys_s_calls': sys_calls,
           'step_sys_s_median': float(np.median(sys_calls)),
+          'scratch_bytes': first['scratch_bytes'],
           'counted_flops_per_s': first['counted_flops'] / median,
           'xla_flops_per_s': first['xla_flops'] / median}
 
@@ -154,6 +156,8 @@ def _pair(public: dict, ours: dict, peak: float, size: str) -> dict:
           'counted_flops_ratio': flops_ratio, 'speedup': speedup,
           'flops_per_s_ratio': rate_ratio, 'fraction_of_peak': ours['counted_flops_per_s'] / peak,
           'compile_ratio': ours['compile_s'] / public['compile_s'],
+          'scratch_ratio': (ours['scratch_bytes'] / public['scratch_bytes']
+                            if ours['scratch_bytes'] and public['scratch_bytes'] else None),
           'equal_work': equal}
   pair['targets'] = {
       'speedup_2x_at_equal_work': bool(equal and speedup >= 2.0),

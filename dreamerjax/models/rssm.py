@@ -48,7 +48,7 @@ class RSSMCell(nn.Module):
                                self.bias)
     self.deter_in, self.stoch_in, self.action_in = dense(), dense(), dense()
     self.gru_hidden = nets.BlockLinear(self.deter, self.blocks, self.dtype)
-    self.gru_hidden_norm = nets.Norm(self.norm)
+    self.gru_hidden_norm = nets.Norm(self.norm, self.act)
     self.gru_gates = nets.BlockLinear(3 * self.deter, self.blocks, self.dtype)
     self.prior_hidden = dense()
     self.prior_more = [dense() for _ in range(self.prior_layers - 1)]
@@ -73,7 +73,7 @@ class RSSMCell(nn.Module):
     inputs = jnp.concatenate(
         [self.deter_in(deter), self.stoch_in(stoch), self.action_in(action)], -1)
     x = self.gru_hidden(deter.astype(self.dtype), shared=inputs)
-    x = nets.activation(self.act)(self.gru_hidden_norm(x))
+    x = self.gru_hidden_norm(x)
     # The gates stay in the block product's [blocks, N, 3 * deter / blocks] layout and the new
     # state is put back together as a concatenation of the blocks: with the gates reshaped to
     # [N, 3 * deter] instead, XLA:CPU's fused elementwise kernel ran 6x slower (its fusion
