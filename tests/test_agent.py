@@ -154,8 +154,8 @@ def test_reinforce_gradient_from_imagination_outputs(bc_weight):
   args = (wm, state.params['critic'], state.slow_critic, state.return_norm, starts, start_cont)
   key = jax.random.key(2)
   (loss, _), got = behavior.actor_value_and_grad(state.params['actor'], *args, key)
-  features, actions, outputs = behavior.rollout(wm, state.params['actor'], starts, key,
-                                                with_outputs=True)
+  features, actions, outputs, _ = behavior.rollout(wm, state.params['actor'], starts,
+                                                   key, with_outputs=True)
   trajectory = (features, actions)
   again = lambda actor: behavior.actor.apply(actor, trajectory[0][:, :-1])  # noqa: E731
   np.testing.assert_allclose(again(state.params['actor']), outputs, atol=1e-5)

@@ -187,7 +187,7 @@ def test_one_pass_gradients_equal_plain_autodiff():
   (critic_loss, _), critic_grads = ac.critic_value_and_grad(params['critic'], aux)
 
   sg = jax.lax.stop_gradient
-  features, actions, _ = ac.rollout(wm, params['actor'], starts, key, with_outputs=True)
+  features, actions, _, _ = ac.rollout(wm, params['actor'], starts, key, with_outputs=True)
   trajectory = sg((features, actions))
 
   def plain_actor_loss(actor):

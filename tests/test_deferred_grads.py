@@ -1,4 +1,5 @@
-"""deferred_grads.scan: the values and gradients of lax.scan, weight gradients after the loop."""
+"""deferred_grads: the values and gradients of lax.scan, weight gradients after the loop (`scan`),
+and a network recorded inside a loop and differentiated after it (`record`, `replay`)."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax.models import deferred_grads
+from dreamerjax.models import deferred_grads, nets
 from dreamerjax.models.rssm import RSSM, RSSMCell
 
 
@@ -111,3 +112,61 @@ def test_a_module_applied_with_other_parameters_is_left_as_it_is():
   expected = gradients(plain_scan, with_readout, params, carry, xs)
   got = gradients(deferred_grads.scan, with_readout, params, carry, xs)
   jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), expected, got)
+
+
+def recorded_in_a_loop(head, params, xs):
+  """`head` applied to each step of `xs [T, B, F]` inside `lax.scan` with `record`: the stacked
+  outputs and linear layers' outputs."""
+  def step(carry, x):
+    return carry, deferred_grads.record(head.apply)(params, x)
+  return jax.lax.scan(step, 0, xs)[1]
+
+
+@pytest.mark.parametrize('norm,bias', [('layer', False), ('rms', True), ('none', False)])
+def test_replay_gives_the_gradient_of_the_network_on_the_stacked_inputs(norm, bias):
+  """The recorded outputs replayed after the loop: the same values and parameter gradients as
+  applying the network again to every step's inputs, with the products in the backward pass."""
+  head = nets.Head(outputs=3, layers=2, units=8, norm=norm, act='silu', bias=bias)
+  xs = jax.random.normal(jax.random.key(0), (5, 4, 6))
+  params = head.init(jax.random.key(1), xs[0])
+  outputs, linear = recorded_in_a_loop(head, params, xs)
+  assert len(linear) == 3  # two hidden layers and the output layer
+  weights = jax.random.normal(jax.random.key(2), outputs.shape)
+  loss = lambda out: jnp.sum(jnp.sin(out) * weights)  # noqa: E731
+
+  def replayed(params):
+    return deferred_grads.replay(head.apply, linear)(params, xs)
+
+  np.testing.assert_allclose(replayed(params), head.apply(params, xs), rtol=1e-6, atol=1e-6)
+  want = jax.grad(lambda p: loss(head.apply(p, xs)))(params)
+  got = jax.grad(lambda p: loss(replayed(p)))(params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6), want, got)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(got))
+
+
+def test_replay_gradient_in_bfloat16_agrees_as_a_whole():
+  head = nets.Head(outputs=3, layers=2, units=16, dtype=jnp.bfloat16)
+  xs = jax.random.normal(jax.random.key(0), (5, 8, 6))
+  params = head.init(jax.random.key(1), xs[0])
+  _, linear = recorded_in_a_loop(head, params, xs)
+  loss = lambda apply: lambda p: jnp.sum(jnp.sin(apply(p, xs)))  # noqa: E731
+  want = jax.grad(loss(head.apply))(params)
+  got = jax.grad(loss(deferred_grads.replay(head.apply, linear)))(params)
+  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    assert g.dtype == w.dtype
+    assert float(jnp.linalg.norm(g - w)) <= 0.02 * float(jnp.linalg.norm(w))
+
+
+def test_record_refuses_a_layer_called_twice_and_replay_a_mismatch():
+  dense = nn.Dense(4)
+  params = dense.init(jax.random.key(0), jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match='called more than once'):
+    deferred_grads.record(lambda p, x: dense.apply(p, dense.apply(p, x)))(params, jnp.ones((2, 4)))
+  _, linear = deferred_grads.record(dense.apply)(params, jnp.ones((2, 4)))
+  with pytest.raises(ValueError, match='recorded with rows'):
+    deferred_grads.replay(dense.apply, linear)(params, jnp.ones((3, 4)))
+  other = nets.Head(outputs=2, layers=1, units=4)
+  other_params = other.init(jax.random.key(1), jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match='no recorded output'):
+    deferred_grads.replay(other.apply, linear)(other_params, jnp.ones((2, 4)))

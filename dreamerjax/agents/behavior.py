@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dreamerjax.models import dists, heads, nets, ops
+from dreamerjax.models import deferred_grads, dists, heads, nets, ops
 from dreamerjax.models.worldmodel import WorldModel
 from dreamerjax.types import ReturnNorm
 
@@ -82,20 +82,24 @@ class ActorCritic:
   def rollout(self, wm_params, actor_params, starts, key, with_outputs: bool = False):
     """Imagines from `starts` (see `starts`).
 
-    Returns `(features [N, H+1, F], actions [N, H, A])`; `with_outputs` adds the actor's outputs
-    at `features[:, :-1]` (`[N, H, O]`), and then the actions carry no gradient (REINFORCE), so
-    the only path from `actor_params` to the results is through those outputs.
+    Returns `(features [N, H+1, F], actions [N, H, A])`. `with_outputs` adds the actor's outputs
+    at `features[:, :-1]` (`[N, H, O]`) and the outputs of its linear layers there
+    (`{path: [N, H, units]}`, `deferred_grads.record`); then nothing carries a gradient (the
+    actions are sampled for REINFORCE), and `actor_value_and_grad` takes the actor's gradient
+    after the loop.
     """
     def policy(features, k):
+      if with_outputs:
+        outputs, linear = deferred_grads.record(self.actor.apply)(sg(actor_params), features)
+        return sg(self.output_dist(outputs).sample(k)), (outputs, linear)
       outputs = self.actor.apply(actor_params, features)
-      action = self.output_dist(outputs).sample(k)
-      return (sg(action) if with_outputs else action), outputs
+      return self.output_dist(outputs).sample(k), outputs
 
     with jax.named_scope('imagine'):
       _, features, actions, outputs = self.world_model.dynamics.imagine(
           wm_params['dynamics'], starts['carry'], policy, self.config.horizon, key,
           policy_aux=True)
-    return (features, actions, outputs) if with_outputs else (features, actions)
+    return (features, actions, *outputs) if with_outputs else (features, actions)
 
   def critic_forward(self, critic_params, features):
     """The critic's outputs at the imagined states before the last, as rows `[H N, O]` in step
@@ -144,22 +148,32 @@ class ActorCritic:
     """`((loss, aux), grads)` of the actor loss with respect to `actor_params`.
 
     REINFORCE (no gradient through the rollout) differentiates the loss with respect to the
-    outputs the actor produced while imagining and takes that on to its parameters with the
-    rollout's VJP, so the actor's forward pass over the imagined states runs once (at 12m, one
-    15k x 2560 x 256 product fewer). It also runs the critic once over those states
-    (`critic_forward`) for the returns and, through `aux['critic_forward']`, for the critic's
-    loss (`critic_value_and_grad`). Dynamics backprop imagines inside `actor_loss`.
+    outputs the actor produced while imagining, and takes that on to its parameters after the
+    loop: the actor replayed on the stacked states with its linear layers' recorded outputs
+    (`deferred_grads.replay`), so its forward products run once, inside imagination, and its
+    weight gradients are one product per layer over all `H x N` states. The loop keeps no
+    residuals (the VJP of `lax.scan` would store every imagined state a second time). It also
+    runs the critic once over those states (`critic_forward`) for the returns and, through
+    `aux['critic_forward']`, for the critic's loss (`critic_value_and_grad`). Dynamics backprop
+    imagines inside `actor_loss`.
     """
     args = (wm_params, critic_params, slow_critic_params, return_norm, starts, start_cont)
     if self.reinforce_mix < 1.0:
       with jax.named_scope('actor_loss'):  # imagination inside is scoped 'imagine'
         return jax.value_and_grad(self.actor_loss, has_aux=True)(actor_params, *args, key)
 
-    def rollout(actor):
-      features, actions, outputs = self.rollout(wm_params, actor, starts, key, with_outputs=True)
-      return outputs, (features, actions)
+    features, actions, _, linear = self.rollout(wm_params, actor_params, starts, key,
+                                                with_outputs=True)
+    trajectory = (features, actions)
+    states = step_major(features)[:-1]
+    linear = {path: rows(step_major(y)) for path, y in linear.items()}
 
-    outputs, outputs_vjp, trajectory = jax.vjp(rollout, actor_params, has_aux=True)
+    def outputs_of(actor):
+      with jax.named_scope('imagine'):  # its backward pass is the actor's gradient
+        out = deferred_grads.replay(self.actor.apply, linear)(actor, rows(states))
+        return jnp.swapaxes(out.reshape(*states.shape[:2], -1), 0, 1)
+
+    outputs, outputs_vjp = jax.vjp(outputs_of, actor_params)
     critic_rows, critic_vjp = self.critic_forward(critic_params, trajectory[0])
     with jax.named_scope('actor_loss'):
       (loss, aux), output_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(

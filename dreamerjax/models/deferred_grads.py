@@ -175,3 +175,103 @@ def _layer_grad(layer: _Layer, params, inputs: list, d_output):
 
 
 scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+# Record and replay: a layer stack applied per step inside a loop that is not differentiated,
+# whose parameter gradient is taken after the loop over every step's rows at once.
+#
+# Where a loop applies a network to inputs that do not depend on its parameters (the actor inside
+# imagination under REINFORCE: the states come from the world model, the actions carry no
+# gradient), the gradient of its outputs with respect to its parameters is the gradient of the
+# same network applied to the stacked inputs. `record` runs the network in the loop and returns
+# each linear layer's output beside its own; `replay` applies it again after the loop to the
+# stacked inputs, with each linear layer returning the recorded output instead of multiplying:
+# the products run only in the backward pass, one per layer over all rows, and the loop keeps no
+# residuals of its own (`lax.scan`'s VJP would store every step's inputs a second time and run a
+# backward loop of skinny products). What the replay computes again is the elementwise work
+# between the layers (norms and activations), which the backward pass needs anyway.
+
+
+def _linear_path(context) -> tuple | None:
+  """The module path of an `nn.Dense` call, None for any other method call."""
+  if context.method_name != '__call__' or not isinstance(context.module, nn.Dense):
+    return None
+  return context.module.path
+
+
+def record(apply: Callable) -> Callable:
+  """`apply(*args) -> out` as `(*args) -> (out, {path: output})`, the outputs of every `nn.Dense`
+  layer it calls (each at most once); stack them over the loop's steps for `replay`."""
+
+  def recorded(*args, **kwargs):
+    outputs = {}
+
+    def tap(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      path = _linear_path(context)
+      if path is not None:
+        if path in outputs:
+          raise ValueError(f'deferred_grads.record: the linear layer {"/".join(path)} is called '
+                           'more than once; record a network that calls each layer once')
+        outputs[path] = out
+      return out
+
+    with nn.intercept_methods(tap):
+      out = apply(*args, **kwargs)
+    return out, outputs
+
+  return recorded
+
+
+def replay(apply: Callable, outputs: dict) -> Callable:
+  """`apply` whose `nn.Dense` layers return `outputs[path]` (recorded by `record` on the same
+  inputs, stacked the way the inputs are) instead of computing their products, differentiated as
+  if they had: `d kernel = x.T @ g` over all rows, `d x = g @ kernel.T`. The values are those of
+  `apply` wherever the recorded outputs are; nothing checks that they are, so replay only what
+  `record` gave for the very same parameters and inputs."""
+
+  def replayed(*args, **kwargs):
+    def tap(next_fun, args, kwargs, context):
+      path = _linear_path(context)
+      if path is None:
+        return next_fun(*args, **kwargs)
+      if path not in outputs:
+        raise ValueError(f'deferred_grads.replay: no recorded output for the linear layer '
+                         f'{"/".join(path)}; replay the network that was recorded')
+      (x,) = args
+      params = context.module.variables['params']
+      y = jax.lax.stop_gradient(outputs[path])
+      if y.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f'deferred_grads.replay: the layer {"/".join(path)} was recorded with '
+                         f'rows {y.shape[:-1]} but is replayed on {x.shape[:-1]}; reshape the '
+                         'recorded outputs as the inputs are')
+      return _replayed_linear(x, params['kernel'], params.get('bias'), y)
+
+    with nn.intercept_methods(tap):
+      return apply(*args, **kwargs)
+
+  return replayed
+
+
+@jax.custom_vjp
+def _replayed_linear(x, kernel, bias, y):
+  del x, kernel, bias
+  return y
+
+
+def _replayed_linear_fwd(x, kernel, bias, y):
+  return y, (x, kernel, bias)
+
+
+def _replayed_linear_bwd(residuals, g):
+  x, kernel, bias = residuals
+  dtype = g.dtype  # the layer's compute dtype, that of its recorded output
+  rows_g = g.reshape(-1, g.shape[-1]).astype(dtype)
+  rows_x = x.reshape(-1, x.shape[-1]).astype(dtype)
+  d_kernel = nets.weight_grad(rows_x, rows_g).astype(kernel.dtype)
+  d_x = (g @ kernel.astype(dtype).T).astype(x.dtype)
+  d_bias = None if bias is None else jnp.sum(rows_g, 0).astype(bias.dtype)
+  return d_x, d_kernel, d_bias, jnp.zeros_like(g)
+
+
+_replayed_linear.defvjp(_replayed_linear_fwd, _replayed_linear_bwd)
