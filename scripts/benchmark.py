@@ -28,6 +28,10 @@ _OUT = flags.DEFINE_string('out', 'benchmarks', 'Output directory.')
 _ONLY = flags.DEFINE_list('only', ['train_step', 'loop', 'scaling', 'seeds', 'dynamics'],
                           'Which benchmarks to run.')
 _SIZES = flags.DEFINE_list('sizes', ['1m', '12m'], 'Size presets for the train_step benchmark.')
+_ARCH = flags.DEFINE_enum('arch', 'paper', list(configs.ARCHS),
+                          'model.arch of the train_step benchmark.')
+_PAUSE = flags.DEFINE_float('pause', 0.0, 'Seconds of sleep before each timed train_step call.')
+_REPEATS = flags.DEFINE_integer('repeats', 7, 'Timed train_step calls per size and kind.')
 _OBS = flags.DEFINE_list('obs', ['vector', 'image'], 'Observation kinds for train_step.')
 _SCALING_DEVICES = flags.DEFINE_list('scaling_devices', ['1', '2', '4', '8'],
                                      'Device counts of the weak-scaling benchmark (simulated on '
@@ -73,7 +77,9 @@ def main(argv):
     records = []
     for size in _SIZES.value:
       for obs in _OBS.value:
-        record = benchmark.train_step_record(size, obs)
+        record = benchmark.train_step_record(size, obs, repeats=_REPEATS.value,
+                                             model={'arch': _ARCH.value},
+                                             pause_s=_PAUSE.value)
         logging.info('%s', record)
         records.append(record)
         _write('train_step', records)

@@ -77,6 +77,8 @@ def test_hlo_parts_name_the_innermost_scope_and_the_gradient_pass():
   assert sum(part['seconds'] for part in result['parts'].values()) == pytest.approx(len(parts))
   seconds = [part['seconds'] for part in result['parts'].values()]
   assert seconds == sorted(seconds, reverse=True)
+  assert len(result['top_ops']) == min(10, len(ops))
+  assert len(op_profile.summarize(ops, {}, 1.0, parts, top=3)['top_ops']) == min(3, len(ops))
 
 
 def test_the_train_step_is_scoped_by_part():

@@ -125,6 +125,17 @@ def test_conv_layers_and_their_timings_at_a_tiny_width():
   assert all(set(r['min_s']) == {'lax', 'rows'} and r['counted_flops'] > 0 for r in records)
 
 
+def test_a_pause_before_each_timed_call_is_slept_and_not_timed():
+  """`pause_s` sleeps before every timed call, outside its timing (to see how the host treats
+  memory freed that long before a call)."""
+  import time
+  step = jax.jit(lambda state, data: (state + data, jnp.sum(state)), donate_argnums=0)
+  start = time.perf_counter()
+  timing = benchmark._compile_and_time(step, jnp.zeros(4), jnp.ones(4), repeats=2, pause_s=0.3)
+  assert time.perf_counter() - start >= 0.6
+  assert len(timing.calls) == 2 and all(seconds < 0.3 for seconds in timing.calls)
+
+
 def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   from dreamerjax.analysis import public_harness
   record = benchmark.side_record('debug', 'vector', batch=2, length=8, actions=3, repeats=1)

@@ -66,7 +66,8 @@ class Timing(NamedTuple):
   sys_calls: list[float]  # every timed call's system CPU seconds, all threads (page faults)
 
 
-def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timing:
+def _compile_and_time(step, state, data, repeats: int, warmup: int = 2,
+                      pause_s: float = 0.0) -> Timing:
   """Traces, lowers and compiles the jitted `step(state, data)` (timed) and times `repeats`
   calls after `warmup` untimed ones. `state` is donated, so it is threaded through the calls.
   Two warm-up calls: XLA:CPU's scratch buffer (3.4 GB for the 12m image step) is released only
@@ -74,7 +75,9 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
   first touch of fresh memory costs about 30 us per page, a 25-35 s stall once per process.
   The median, not the mean: that stall can still land in a timed call, and on a shared host
   other stalls do. Each call's system CPU seconds (`sys_calls`) show the kernel's share: mostly
-  zeroing the pages of a freshly mapped scratch buffer (docs/benchmarks.md, "Noise")."""
+  zeroing the pages of a freshly mapped scratch buffer (docs/benchmarks.md, "Noise").
+  `pause_s`: seconds to sleep before each timed call (untimed), to see how the host treats memory
+  freed that long before (docs/benchmarks.md, "Why our calls fell into two levels")."""
   start = time.perf_counter()
   lowered = step.lower(state, data)
   lower_s = time.perf_counter() - start
@@ -85,6 +88,7 @@ def _compile_and_time(step, state, data, repeats: int, warmup: int = 2) -> Timin
     jax.block_until_ready(metrics)
   seconds, sys_seconds = [], []
   for _ in range(repeats):
+    time.sleep(pause_s)
     start, start_sys = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
     state, metrics = compiled(state, data)
     jax.block_until_ready(metrics)
@@ -143,8 +147,9 @@ def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> di
 
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
                       repeats: int = 7, variant: str = 'dreamerv3',
-                      model: dict | None = None) -> dict:
-  """Compile time, seconds per step (median of `repeats` calls; `step_s_calls` holds each), the
+                      model: dict | None = None, pause_s: float = 0.0) -> dict:
+  """Compile time, seconds per step (median of `repeats` calls, each after `pause_s` seconds of
+  sleep; `step_s_calls` holds each), the
   per-call scratch memory (`scratch_bytes`), XLA FLOPs (`cost_analysis`, which counts loop bodies
   once), matrix-product FLOPs with every loop step counted (`matmul_flops`) and achieved FLOP/s."""
   agent = bench_agent(size, obs, actions, variant, model)
@@ -153,10 +158,11 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   params = agent.param_counts(state)
   matmul = matmul_flops(agent.train_step, state, data)
   step = jax.jit(agent.train_step, donate_argnums=0)
-  timing = _compile_and_time(step, state, data, repeats)
+  timing = _compile_and_time(step, state, data, repeats, pause_s=pause_s)
   compile_s, step_s, calls = timing.compile_s, timing.step_s, timing.calls
   flops = xla_flops(timing.compiled)
-  return {'preset': size, 'obs': obs, 'variant': variant, 'batch': batch, 'length': length,
+  return {'preset': size, 'obs': obs, 'variant': variant, 'model': model or {}, 'batch': batch,
+          'length': length, 'pause_s': pause_s,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],
           'step_sys_s_calls': [round(t, 3) for t in timing.sys_calls],

@@ -196,7 +196,7 @@ def wall_times(events: list[dict], containers: set[str] = frozenset()) -> dict:
           'concurrency': dict(sorted(concurrency.items()))}
 
 
-def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
+def profile(fn, *args, calls: int = 1, log_dir: str | None = None, top: int = 10) -> dict:
   """Compiles `jax.jit(fn)`, runs it twice untraced (the second call's seconds are `wall_s`),
   then `calls` times under the profiler.
 
@@ -222,7 +222,7 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
     trace = json.load(f)
   events = trace['traceEvents'] if isinstance(trace, dict) else trace
   ops = {name: seconds / calls for name, seconds in own_times(events).items()}
-  result = summarize(ops, families, wall, parts)
+  result = summarize(ops, families, wall, parts, top)
   # The same trace by wall time: ops side by side share it (op times above overlap).
   timeline = wall_times(events, {n for n, f in families.items() if f == 'loop control'})
   by_part: dict[str, float] = collections.defaultdict(float)
@@ -235,8 +235,8 @@ def profile(fn, *args, calls: int = 1, log_dir: str | None = None) -> dict:
 
 
 def summarize(ops: dict[str, float], families: dict[str, str], wall: float,
-              parts: dict[str, str] | None = None) -> dict:
-  """Per-family seconds and shares of `ops` (`{hlo_op: seconds}`), the ten longest ops, and
+              parts: dict[str, str] | None = None, top: int = 10) -> dict:
+  """Per-family seconds and shares of `ops` (`{hlo_op: seconds}`), the `top` longest ops, and
   with `parts` (`hlo_parts`) the seconds of each part by family, longest part first."""
   total = sum(ops.values())
   by_family = collections.defaultdict(float)
@@ -251,7 +251,7 @@ def summarize(ops: dict[str, float], families: dict[str, str], wall: float,
                          for family in FAMILIES if family in by_family},
             'top_ops': [{'op': name, 'family': families.get(name, 'other'),
                          'part': (parts or {}).get(name), 'seconds': seconds}
-                        for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])[:10]]}
+                        for name, seconds in sorted(ops.items(), key=lambda kv: -kv[1])[:top]]}
   if parts is not None:
     ordered = sorted(by_part.items(), key=lambda kv: -sum(kv[1].values()))
     result['parts'] = {part: {'seconds': sum(fams.values()),
@@ -261,14 +261,14 @@ def summarize(ops: dict[str, float], families: dict[str, str], wall: float,
 
 
 def train_step_profile(size: str = '12m', obs: str = 'image', arch: str = 'paper',
-                       batch: int = 16, length: int = 64, calls: int = 1) -> dict:
+                       batch: int = 16, length: int = 64, calls: int = 1, top: int = 10) -> dict:
   """`profile` of the agent's train step at `size` (the `benchmark.side_record` setup: 17
   actions, a synthetic batch)."""
   from dreamerjax.analysis import benchmark
   agent = benchmark.bench_agent(size, obs, model={'arch': arch})
   state = jax.jit(agent.init)(jax.random.key(0))
   data = benchmark.synthetic_batch(benchmark.OBS_SPACES[obs], batch, length, 17)
-  result = profile(agent.train_step, state, data, calls=calls)
+  result = profile(agent.train_step, state, data, calls=calls, top=top)
   for part, count in flops_by_part(agent.train_step, state, data).items():
     entry = result['parts'].setdefault(part, {'seconds': 0.0, 'share': 0.0, 'families': {}})
     entry['counted_flops'] = count
