@@ -149,9 +149,9 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
                       repeats: int = 7, variant: str = 'dreamerv3',
                       model: dict | None = None, pause_s: float = 0.0) -> dict:
   """Compile time, seconds per step (median of `repeats` calls, each after `pause_s` seconds of
-  sleep; `step_s_calls` holds each), the
-  per-call scratch memory (`scratch_bytes`), XLA FLOPs (`cost_analysis`, which counts loop bodies
-  once), matrix-product FLOPs with every loop step counted (`matmul_flops`) and achieved FLOP/s."""
+  sleep; `step_s_calls` holds each), the per-call scratch memory (`scratch_bytes`), XLA FLOPs
+  (`cost_analysis`, which counts loop bodies once), matrix-product FLOPs with every loop step
+  counted (`matmul_flops`) and achieved FLOP/s."""
   agent = bench_agent(size, obs, actions, variant, model)
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)

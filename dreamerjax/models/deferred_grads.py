@@ -1,4 +1,6 @@
-"""A scan over a Flax step whose linear layers' weight gradients are computed after the loop.
+"""Linear layers' weight gradients computed after a loop instead of inside it: a scan over a Flax
+step (`scan`), and a network recorded inside a loop that is not differentiated and replayed after
+it (`record`, `replay`, at the end of this module).
 
 Differentiating `lax.scan` adds every step's weight gradient into one accumulator inside the
 backward loop: at the RSSM's observation scan (16 rows a step, 64 steps) that is 64 skinny
