@@ -268,12 +268,9 @@ def _replayed_linear_fwd(x, kernel, bias, y):
 def _replayed_linear_bwd(residuals, g):
   x, kernel, bias = residuals
   dtype = g.dtype  # the layer's compute dtype, that of its recorded output
-  rows_g = g.reshape(-1, g.shape[-1]).astype(dtype)
-  rows_x = x.reshape(-1, x.shape[-1]).astype(dtype)
-  d_kernel = nets.weight_grad(rows_x, rows_g).astype(kernel.dtype)
-  d_x = (g @ kernel.astype(dtype).T).astype(x.dtype)
-  d_bias = None if bias is None else jnp.sum(rows_g, 0).astype(bias.dtype)
-  return d_x, d_kernel, d_bias, jnp.zeros_like(g)
+  d_x, d_kernel = nets.linear_grads(x.astype(dtype), kernel.astype(dtype), g)
+  d_bias = None if bias is None else jnp.sum(g.reshape(-1, g.shape[-1]), 0).astype(bias.dtype)
+  return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype), d_bias, jnp.zeros_like(g)
 
 
 _replayed_linear.defvjp(_replayed_linear_fwd, _replayed_linear_bwd)

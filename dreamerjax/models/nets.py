@@ -451,10 +451,15 @@ def _rows_matmul_fwd(x, w):
   return x @ w, (x, w)
 
 
-def _rows_matmul_bwd(residuals, g):
-  x, w = residuals
+def linear_grads(x: jax.Array, w: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(dx, dw)` of `x @ w` (`x [..., K]`, `w [K, O]`) at the output gradient `g [..., O]`:
+  `g @ w.T`, and `weight_grad` over all rows of `x` (cast to `w`'s dtype)."""
   dw = weight_grad(x.reshape(-1, w.shape[0]), g.reshape(-1, w.shape[1]))
   return g @ w.T, dw.astype(w.dtype)
+
+
+def _rows_matmul_bwd(residuals, g):
+  return linear_grads(*residuals, g)
 
 
 rows_matmul.defvjp(_rows_matmul_fwd, _rows_matmul_bwd)
