@@ -158,7 +158,7 @@ def test_step_major_states_put_the_last_state_apart_and_rows_keep_step_order():
 
 def test_one_pass_gradients_equal_plain_autodiff():
   """REINFORCE's one pass over the imagined states (the actor's outputs from inside imagination,
-  the critic's one forward pass in `critic_forward`, the critic's loss through that pass's VJP)
+  the critic's one forward pass in `imagined_heads`, the critic's loss through that pass's VJP)
   gives the losses and gradients of the plain formulation: the actor run again on the stopped
   states, the critic run again in its loss, each differentiated directly."""
   from tests.test_agent import make_agent

@@ -101,40 +101,71 @@ class ActorCritic:
           policy_aux=True)
     return (features, actions, *outputs) if with_outputs else (features, actions)
 
-  def critic_forward(self, critic_params, features):
-    """The critic's outputs at the imagined states before the last, as rows `[H N, O]` in step
-    order, and their VJP to `critic_params`: one forward pass that both the returns (through
-    `policy_loss`) and the critic's loss read, as the public code's one critic call does."""
+  def _heads(self, wm_params, critic_params, slow_critic_params, record_critic: bool = False):
+    """`x [N, F] -> {name: [N, ...]}`: every head the returns read, at one step's states.
+
+    'reward', 'cont' (the continue logits), 'value', and 'slow_value' when the target or the
+    regularizer uses it. With `record_critic`, the critic's outputs 'critic' and its linear
+    layers' outputs 'critic_linear' (`deferred_grads.record`) instead of 'value'."""
+    a, wm = self.config, self.world_model
+
+    def heads(x):
+      out = {'reward': wm.reward(wm_params, x), 'cont': wm.cont_logits(wm_params, x)}
+      if record_critic:
+        out['critic'], out['critic_linear'] = deferred_grads.record(self.critic.apply)(
+            critic_params, x)
+      else:
+        out['value'] = self.value(critic_params, x)
+      if a.slow_critic_target or a.slow_critic_reg > 0:
+        out['slow_value'] = self.value(slow_critic_params, x)
+      return out
+
+    return heads
+
+  def imagined_heads(self, wm_params, critic_params, slow_critic_params, features) -> dict:
+    """The heads at the imagined states before the last (`_heads`, gradients stopped), each
+    `[H, N, ...]`, in one pass over the states a step at a time; and the critic's outputs there
+    as rows `[H N, O]` ('critic') with their VJP to `critic_params` ('critic_vjp'), which the
+    critic's loss reads, as the public code's one critic call does.
+
+    A step's states `[N, F]` (10 MB at 12m) are read once by all four heads' first products:
+    over 1024 rows a step these run at 1.15-1.2x the speed of one product over all `H N` rows
+    (docs/benchmarks.md). The critic's gradient is taken after the loop over every row at once,
+    from its recorded linear outputs (`deferred_grads.replay`)."""
     with jax.named_scope('imagined_heads'):
       states = step_major(features)[:-1]
-      return jax.vjp(lambda p: self.critic.apply(p, rows(states)), critic_params)
+      out = jax.lax.map(self._heads(sg(wm_params), sg(critic_params), sg(slow_critic_params),
+                                    record_critic=True), states)
+      linear = {path: rows(y) for path, y in out.pop('critic_linear').items()}
+      critic = lambda p: deferred_grads.replay(self.critic.apply, linear)(p, rows(states))  # noqa: E731
+      out['critic'], out['critic_vjp'] = jax.vjp(critic, critic_params)
+      out['value'] = self._predict(sg(out['critic'])).reshape(states.shape[:2])
+      return out
 
   def returns(self, wm_params, critic_params, slow_critic_params, features, start_cont,
-              critic_rows=None):
+              heads=None):
     """Lambda returns `[N, H]`, values `[N, H+1]` and loss weights `[N, H]` of a trajectory;
     also the imagined rewards `[N, H]` and the slow critic's values `[N, H+1]` (None when
     neither the target nor the regularizer uses them), so no head runs twice on the same states.
-    `critic_rows`: the critic's outputs at `features[:, :-1]` (`critic_forward`), if computed."""
+    `heads`: the heads at `features[:, :-1]` (`imagined_heads`), if computed."""
     with jax.named_scope('imagined_heads'):
       a = self.config
-      wm = self.world_model
       # The states before the last (`states[:-1]`, what imagination's loop wrote) and the last
       # are read apart: XLA then drops the join of the two in `imagine` (a copy of every state)
       # and no slice of the joined states is copied either. The reward and continue heads run
       # on the start states too, whose outputs are dropped (1/H more of their work).
       states = step_major(features)
-      join = lambda before, last: jnp.concatenate(  # noqa: E731
-          [before, last]).reshape(states.shape[0], -1)
-      each = lambda head: join(head(rows(states[:-1])), head(states[-1]))  # noqa: E731
-      reward = each(lambda x: wm.reward(wm_params, x))[1:].T
-      logits = each(lambda x: wm.cont_logits(wm_params, x))[1:].T
+      step_heads = self._heads(wm_params, critic_params, slow_critic_params)
+      if heads is None:
+        heads = jax.lax.map(step_heads, states[:-1])
+      last = step_heads(states[-1])
+      each = lambda name: jnp.concatenate([heads[name], last[name][None]]).T  # noqa: E731
+      reward = each('reward')[:, 1:]
+      logits = each('cont')[:, 1:]
       cont = jax.nn.sigmoid(logits) if a.imag_cont == 'prob' else (logits > 0).astype(jnp.float32)
       cont = jnp.concatenate([start_cont[:, None], cont], 1)
-      value = (each(lambda x: self.value(critic_params, x)) if critic_rows is None else
-               join(self._predict(sg(critic_rows)), self.value(critic_params, states[-1]))).T
-      slow_value = None
-      if a.slow_critic_target or a.slow_critic_reg > 0:
-        slow_value = each(lambda x: self.value(slow_critic_params, x)).T
+      value = each('value')
+      slow_value = each('slow_value') if 'slow_value' in last else None
       target_value = slow_value if a.slow_critic_target else value
       discount = a.discount * cont
       returns = ops.lambda_returns(reward.T, discount[:, 1:].T, target_value.T, a.lam).T
@@ -153,7 +184,7 @@ class ActorCritic:
     (`deferred_grads.replay`), so its forward products run once, inside imagination, and its
     weight gradients are one product per layer over all `H x N` states. The loop keeps no
     residuals (the VJP of `lax.scan` would store every imagined state a second time). It also
-    runs the critic once over those states (`critic_forward`) for the returns and, through
+    runs the critic once over those states (`imagined_heads`) for the returns and, through
     `aux['critic_forward']`, for the critic's loss (`critic_value_and_grad`). Dynamics backprop
     imagines inside `actor_loss`.
     """
@@ -174,11 +205,12 @@ class ActorCritic:
         return jnp.swapaxes(out.reshape(*states.shape[:2], -1), 0, 1)
 
     outputs, outputs_vjp = jax.vjp(outputs_of, actor_params)
-    critic_rows, critic_vjp = self.critic_forward(critic_params, trajectory[0])
+    heads = self.imagined_heads(wm_params, critic_params, slow_critic_params, trajectory[0])
+    critic_forward = heads.pop('critic'), heads.pop('critic_vjp')
     with jax.named_scope('actor_loss'):
       (loss, aux), output_grads = jax.value_and_grad(self.policy_loss, has_aux=True)(
-          outputs, *args, trajectory, sg(critic_rows))
-    aux = {**aux, 'critic_forward': (critic_rows, critic_vjp)}
+          outputs, *args, trajectory, heads)
+    aux = {**aux, 'critic_forward': critic_forward}
     return (loss, aux), outputs_vjp(output_grads)[0]
 
   def actor_loss(self, actor_params, wm_params, critic_params, slow_critic_params, return_norm,
@@ -191,14 +223,14 @@ class ActorCritic:
                             starts, start_cont, trajectory)
 
   def policy_loss(self, outputs, wm_params, critic_params, slow_critic_params, return_norm,
-                  starts, start_cont, trajectory, critic_rows=None):
+                  starts, start_cont, trajectory, heads=None):
     """Actor loss from the actor's outputs `[N, H, O]` at the trajectory's states
-    `features[:, :-1]` (`trajectory = (features, actions)`, see `rollout`); `critic_rows`: the
-    critic's outputs there (`critic_forward`), else `returns` runs the critic."""
+    `features[:, :-1]` (`trajectory = (features, actions)`, see `rollout`); `heads`: the heads
+    there (`imagined_heads`), else `returns` runs them."""
     a = self.config
     features, actions = trajectory
     rollout = self.returns(sg(wm_params), sg(critic_params), sg(slow_critic_params), features,
-                           start_cont, critic_rows)
+                           start_cont, heads)
     returns, value, weight = rollout['returns'], rollout['value'], rollout['weight']
     if a.return_norm == 'percentile':
       low, high, scale = ops.percentile_range_update(
@@ -277,7 +309,7 @@ class ActorCritic:
     """`slow_value [N, H+1]`: the slow critic's values of `features` (`returns` computes them;
     None when `slow_critic_reg` is 0). `replay`: `replay_targets`, for the replay-return loss
     (weighted by `agent.replay_critic`). `critic_rows`: the critic's outputs at
-    `features[:, :-1]` (`critic_forward`), else computed here from `critic_params`."""
+    `features[:, :-1]` (`imagined_heads`), else computed here from `critic_params`."""
     a = self.config
     with jax.named_scope('critic_loss'):
       states = step_major(features)[:-1]
