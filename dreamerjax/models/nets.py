@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax.models import ops
+from dreamerjax.models import chunked_conv, ops
 
 
 def activation(name: str):
@@ -274,25 +274,29 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
 
 
 # How `patch_conv` computes stride-1 'SAME' convolutions with an odd kernel (those of
-# `arch=public2024`; the `paper` networks have none): `lax`, `shift`, `rows` or `patch` (see
-# `same_conv`). `lax` and `shift` keep no patch copies for the backward pass, so the 12m update
-# fits in host memory (the patch matrices were 1.3-3.3 GB per layer at 1024 frames); `shift` is
-# `lax` with the kernel gradient as k*k products, 30% less time over the eight 12m layers on
-# XLA:CPU. `benchmark.conv_profile` times the forms per layer shape (docs/benchmarks.md).
-SAME_CONV = 'shift'
+# `arch=public2024`; the `paper` networks have none): `chunked`, `lax`, `shift`, `rows` or
+# `patch` (see `same_conv`). `chunked`, `lax` and `shift` keep no patch copies for the backward
+# pass, so the 12m update fits in host memory (the patch matrices were 1.3-3.3 GB per layer at
+# 1024 frames); `shift` is `lax` with the kernel gradient as k*k products, 30% less time over
+# the eight 12m layers on XLA:CPU than `lax`, and `chunked` (`chunked_conv.conv`) builds patch
+# matrices a few frames at a time for the kernel gradient and the 3-channel image layers.
+# `benchmark.conv_profile` times the forms per layer shape (docs/benchmarks.md).
+SAME_CONV = 'chunked'
 
 
 def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`.
 
-  `impl`: `lax` (`lax_conv`), `shift` (`shift_conv`: `lax` with the kernel gradient as k*k
-  products), `rows` (`row_conv`: one product per kernel row over a 1/k size
-  patch matrix) or `patch` (a k*k*C wide patch matrix, or with fewer outputs than inputs one
-  product over the input and `_window_sum`). All agree to float tolerance, gradients included
-  (tests/test_public_arch.py).
+  `impl`: `chunked` (`chunked_conv.conv`), `lax` (`lax_conv`), `shift` (`shift_conv`: `lax`
+  with the kernel gradient as k*k products), `rows` (`row_conv`: one product per kernel row
+  over a 1/k size patch matrix) or `patch` (a k*k*C wide patch matrix, or with fewer outputs
+  than inputs one product over the input and `_window_sum`). All agree to float tolerance,
+  gradients included (tests/test_public_arch.py).
   """
   k = kernel.shape[0]
   pad = (k - 1) // 2
+  if impl == 'chunked':
+    return chunked_conv.conv(x, kernel)
   if impl == 'lax':
     return lax_conv(x, kernel, pad)
   if impl == 'shift':
@@ -300,7 +304,8 @@ def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   if impl == 'rows':
     return row_conv(x, kernel, pad)
   if impl != 'patch':
-    raise ValueError(f'unknown convolution form {impl!r}: use lax, shift, rows or patch')
+    raise ValueError(f'unknown convolution form {impl!r}: use chunked, lax, shift, rows or '
+                     'patch')
   if kernel.shape[-1] >= x.shape[-1]:
     return _patch_products(x, kernel, 1, pad)
   # The window sum below over the unpadded input: padding contributes nothing, so the product
@@ -328,11 +333,7 @@ def _patch_products(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> j
   return rows_matmul(jnp.concatenate(views, -1), kernel.reshape(k * k * c, -1).astype(x.dtype))
 
 
-def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-  """Stride-1 convolution by `lax.conv_general_dilated` (`[N, H, W, C]`, `[k, k, C, O]`, zero
-  padding `pad` on every side), differentiated by autodiff."""
-  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+lax_conv = chunked_conv.lax_conv
 
 
 # `shift_conv` takes its kernel gradient from k*k products only where the layer has at least this

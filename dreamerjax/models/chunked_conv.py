@@ -1,0 +1,200 @@
+"""Stride-1 'SAME' convolutions whose kernel gradient (and, for a layer with few input or output
+channels, the whole layer) runs as products over patch matrices built a few frames at a time.
+
+XLA:CPU (jax 0.10) runs the 5x5 convolutions of `arch=public2024`'s CNN at 140-230 GFLOP/s
+forward, but their autodiff kernel gradient at a third of that, and a layer with 3 channels on
+one side (the image layers: 3 -> 32 in the encoder, 32 -> 3 in the decoder) at 26-56 GFLOP/s
+whichever way. A product over a patch matrix is fast, but the matrix of every frame at once is
+k*k times the layer's input (1.3-3.4 GB at 1024 frames). Built a few frames at a time inside a
+loop (`CHUNK_ROWS`, `THIN_CHUNK_ROWS` pixels), it stays in cache, and nothing but the layer's
+input is kept for the backward pass. Per layer of the 12m update, timed in docs/benchmarks.md.
+
+  conv(x, kernel)          the layer: `few_inputs` or `few_outputs` when one side has fewer
+                           than `THIN_CHANNELS` channels, else `lax_conv` differentiated with
+                           `kernel_grad`.
+  kernel_grad(x, g, k)     `d kernel`: x.T @ patches(g) or patches(x).T @ g, whichever patch
+                           matrix is narrower (k*k*O or k*k*C columns).
+  few_inputs(x, kernel)    y = patches(x) @ kernel; its input gradient is `few_outputs`.
+  few_outputs(x, kernel)   y = the window sum of x @ kernel (each input pixel's contribution
+                           to its k*k windows, k*k*O columns); both gradients read one patch
+                           matrix of g.
+
+`x [N, H, W, C]`, `kernel [k, k, C, O]` (k odd, zero padding (k-1)/2 on every side); all agree
+with `lax.conv_general_dilated` to float tolerance, gradients included
+(tests/test_chunked_conv.py).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Pixels per loop iteration: for the kernel gradient of a layer with many channels on both sides
+# (4 frames at 32x32: a 25 x 32 wide float32 patch matrix of 13 MB), and for the thin layers
+# (2 frames at 64x64: 75 columns, 2.5 MB). Timed against 2x and 4x as many over the eight layers
+# of the 12m CNN (docs/benchmarks.md).
+CHUNK_ROWS = 4096
+THIN_CHUNK_ROWS = 8192
+
+# `conv` runs a layer with fewer inputs or outputs than this as `few_inputs` / `few_outputs`.
+THIN_CHANNELS = 8
+
+
+def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+  """Stride-1 convolution by `lax.conv_general_dilated` (`[N, H, W, C]`, `[k, k, C, O]`, zero
+  padding `pad` on every side), differentiated by autodiff."""
+  return jax.lax.conv_general_dilated(x, kernel.astype(x.dtype), (1, 1), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The layer, in the form for its channel counts (module docstring)."""
+  c, o = kernel.shape[2:]
+  if min(c, o) < THIN_CHANNELS:
+    return few_inputs(x, kernel) if c <= o else few_outputs(x, kernel)
+  return _lax_forward(x, kernel)
+
+
+def _frames_per_chunk(frames: int, pixels: int, rows: int) -> int:
+  """The largest divisor of `frames` with at most `rows` pixels (at least 1)."""
+  most = max(1, rows // pixels)
+  return max(d for d in range(1, min(most, frames) + 1) if frames % d == 0)
+
+
+def _chunks(x: jax.Array, rows: int) -> jax.Array:
+  """`[N, H, W, C]` -> `[N / F, F, H, W, C]`, F frames of at most `rows` pixels per chunk."""
+  frames = _frames_per_chunk(x.shape[0], x.shape[1] * x.shape[2], rows)
+  return x.reshape(x.shape[0] // frames, frames, *x.shape[1:])
+
+
+def _pad(x: jax.Array, k: int) -> jax.Array:
+  pad = (k - 1) // 2
+  return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def _patches(x: jax.Array, k: int) -> jax.Array:
+  """`[F, H, W, C]` -> `[F H W, k k C]`: each pixel's k x k window of the zero-padded input,
+  ordered (row offset, column offset, channel) as a `[k, k, C, O]` kernel's rows."""
+  f, h, w, c = x.shape
+  x = _pad(x, k)
+  views = [x[:, a:a + h, b:b + w] for a in range(k) for b in range(k)]
+  return jnp.concatenate(views, -1).reshape(f * h * w, k * k * c)
+
+
+def _window_sum(z: jax.Array, k: int, outputs: int) -> jax.Array:
+  """`[F, H, W, k k O]` (pixel (i, j)'s contribution to the output at offset (a, b) of its
+  windows) -> `[F, H, W, O]`: output (i, j) sums tap (a, b) of padded pixel (i + a, j + b)."""
+  f, h, w, _ = z.shape
+  z = _pad(z, k).reshape(f, h + k - 1, w + k - 1, k * k, outputs)
+  return sum(z[:, a:a + h, b:b + w, a * k + b] for a in range(k) for b in range(k))
+
+
+def _flipped(kernel: jax.Array) -> jax.Array:
+  """The kernel of the input gradient: offsets reversed, inputs and outputs swapped."""
+  return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _products(fn, x: jax.Array, g: jax.Array, shape: tuple, rows: int):
+  """`sum over chunks fn(x chunk, g chunk)` in float32, and each chunk's second output stacked."""
+  def step(total, chunk):
+    product, out = fn(*chunk)
+    return total + product, out
+
+  return jax.lax.scan(step, jnp.zeros(shape, jnp.float32), (_chunks(x, rows), _chunks(g, rows)))
+
+
+def _dot32(a: jax.Array, b: jax.Array) -> jax.Array:
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+def _from_g_patches(total: jax.Array, k: int) -> jax.Array:
+  """`x.T @ patches(g)` `[C, k k O]` -> `[k, k, C, O]`: its tap (a, b) sits at the flipped
+  offset (k-1-a, k-1-b), since output (i, j) reads input (i + a - pad, j + b - pad)."""
+  c, o = total.shape[0], total.shape[1] // (k * k)
+  return total.reshape(c, k, k, o)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
+
+
+def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> jax.Array:
+  """The kernel gradient `[k, k, C, O]` (float32) of the layer with input `x [N, H, W, C]` at
+  the output gradient `g [N, H, W, O]`, from the narrower of the two patch matrices, `rows`
+  pixels (default `CHUNK_ROWS`) at a time."""
+  rows = rows or CHUNK_ROWS
+  c, o = x.shape[-1], g.shape[-1]
+  if c < o:
+    total, _ = _products(lambda x, g: (_dot32(_patches(x, k).T, g.reshape(-1, o)), None),
+                         x, g, (k * k * c, o), rows)
+    return total.reshape(k, k, c, o)
+  total, _ = _products(lambda x, g: (_dot32(x.reshape(-1, c).T, _patches(g, k)), None),
+                       x, g, (c, k * k * o), rows)
+  return _from_g_patches(total, k)
+
+
+@jax.custom_vjp
+def _lax_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return lax_conv(x, kernel, (kernel.shape[0] - 1) // 2)
+
+
+def _lax_forward_fwd(x, kernel):
+  return _lax_forward(x, kernel), (x, kernel)
+
+
+def _lax_forward_bwd(residuals, g):
+  x, kernel = residuals
+  k = kernel.shape[0]
+  dx, = jax.vjp(lambda x: lax_conv(x, kernel, (k - 1) // 2), x)[1](g)
+  return dx, kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
+
+
+_lax_forward.defvjp(_lax_forward_fwd, _lax_forward_bwd)
+
+
+@jax.custom_vjp
+def few_inputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  k, _, c, o = kernel.shape
+  matrix = kernel.reshape(k * k * c, o).astype(x.dtype)
+  y = jax.lax.map(lambda chunk: _patches(chunk, k) @ matrix, _chunks(x, THIN_CHUNK_ROWS))
+  return y.reshape(*x.shape[:3], o)
+
+
+def _few_inputs_fwd(x, kernel):
+  return few_inputs(x, kernel), (x, kernel)
+
+
+def _few_inputs_bwd(residuals, g):
+  x, kernel = residuals
+  g = g.astype(x.dtype)
+  dkernel = kernel_grad(x, g, kernel.shape[0], THIN_CHUNK_ROWS)
+  return few_outputs(g, _flipped(kernel)).astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+few_inputs.defvjp(_few_inputs_fwd, _few_inputs_bwd)
+
+
+@jax.custom_vjp
+def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  k, _, c, o = kernel.shape
+  taps = kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o).astype(x.dtype)
+  y = jax.lax.map(lambda chunk: _window_sum(chunk @ taps, k, o), _chunks(x, THIN_CHUNK_ROWS))
+  return y.reshape(*x.shape[:3], o)
+
+
+def _few_outputs_fwd(x, kernel):
+  return few_outputs(x, kernel), (x, kernel)
+
+
+def _few_outputs_bwd(residuals, g):
+  x, kernel = residuals
+  k, _, c, o = kernel.shape
+  # The input gradient is the convolution of g with the flipped kernel: one product over g's
+  # patch matrix (k k O wide), which the kernel gradient reads too.
+  flipped = _flipped(kernel).reshape(k * k * o, c).astype(x.dtype)
+
+  def both(x, g):
+    patches = _patches(g, k)
+    return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
+
+  total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), THIN_CHUNK_ROWS)
+  return dx.reshape(x.shape), _from_g_patches(total, k).astype(kernel.dtype)
+
+
+few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)

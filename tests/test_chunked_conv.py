@@ -1,0 +1,96 @@
+"""`chunked_conv`: stride-1 'SAME' convolutions whose kernel gradient (and, with few channels on
+one side, the whole layer) runs over patch matrices a few frames at a time, against
+`lax.conv_general_dilated` with gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamerjax.models import chunked_conv, nets
+
+
+def lax_conv(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def values_and_grads(conv, x, kernel, g):
+  y, vjp = jax.vjp(conv, x, kernel)
+  return (y, *vjp(g))
+
+
+def random_layer(frames, channels, outputs, k):
+  keys = jax.random.split(jax.random.key(0), 3)
+  return (jax.random.normal(keys[0], (frames, 6, 5, channels)),
+          jax.random.normal(keys[1], (k, k, channels, outputs)) / k,
+          jax.random.normal(keys[2], (frames, 6, 5, outputs)))
+
+
+@pytest.mark.parametrize('form', ['few_inputs', 'few_outputs', 'conv'])
+@pytest.mark.parametrize('frames,channels,outputs,k', [(6, 3, 8, 5), (3, 8, 3, 5), (1, 2, 5, 3),
+                                                       (5, 4, 4, 1), (4, 9, 12, 3),
+                                                       (4, 12, 9, 5)])
+def test_forms_equal_lax_conv_with_gradients(monkeypatch, form, frames, channels, outputs, k):
+  # 2 frames of 6x5 pixels a chunk: several loop iterations, and odd frame counts (one a chunk).
+  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
+  monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
+  x, kernel, g = random_layer(frames, channels, outputs, k)
+  got = values_and_grads(getattr(chunked_conv, form), x, kernel, g)
+  want = values_and_grads(lax_conv, x, kernel, g)
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize('channels,outputs', [(3, 8), (8, 3)])
+def test_kernel_grad_from_either_patch_matrix(monkeypatch, channels, outputs):
+  """`kernel_grad` reads the patches of x (fewer inputs) or of g (fewer outputs)."""
+  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 30)
+  x, kernel, g = random_layer(4, channels, outputs, 5)
+  want = jax.vjp(lambda k: lax_conv(x, k), kernel)[1](g)[0]
+  np.testing.assert_allclose(chunked_conv.kernel_grad(x, g, 5), want, atol=5e-5, rtol=1e-5)
+
+
+def test_a_tap_lands_where_lax_puts_it():
+  """One input pixel and one kernel tap, by hand: through tap (a, b) of a 3x3 kernel, output
+  (i, j) reads input (i + a - 1, j + b - 1)."""
+  x = jnp.zeros((1, 4, 4, 1)).at[0, 2, 2, 0].set(1.0)
+  kernel = jnp.zeros((3, 3, 1, 1)).at[0, 1, 0, 0].set(2.0)
+  want = np.zeros((1, 4, 4, 1))
+  want[0, 3, 2, 0] = 2.0  # output (3, 2) reads input (3 + 0 - 1, 2 + 1 - 1) = (2, 2)
+  for form in (chunked_conv.few_inputs, chunked_conv.few_outputs):
+    np.testing.assert_array_equal(form(x, kernel), want)
+  # And back: a gradient at output (3, 2) reaches tap (0, 1) through input (2, 2), times 1.
+  dkernel = chunked_conv.kernel_grad(x, jnp.zeros((1, 4, 4, 1)).at[0, 3, 2, 0].set(1.0), 3)
+  np.testing.assert_array_equal(dkernel, np.asarray(kernel > 0, np.float32))
+
+
+def test_chunks_divide_the_frames():
+  chunk = lambda frames, pixels: chunked_conv._frames_per_chunk(frames, pixels, 16384)  # noqa: E731
+  assert chunk(1024, 64 * 64) == 4
+  assert chunk(1024, 32 * 32) == 16
+  assert chunk(17, 64 * 64) == 1       # prime: one frame a chunk
+  assert chunk(6, 64 * 64) == 3
+  assert chunk(3, 256 * 256) == 1      # a frame larger than a chunk
+
+
+def test_bfloat16_follows_the_input_dtype_and_keeps_a_float32_kernel_gradient():
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3)).astype(jnp.bfloat16)
+  kernel = jax.random.normal(jax.random.key(1), (5, 5, 3, 8)) / 5
+  y, vjp = jax.vjp(chunked_conv.few_inputs, x, kernel)
+  dx, dkernel = vjp(jnp.ones_like(y))
+  assert y.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16 and dkernel.dtype == jnp.float32
+  want = jax.grad(lambda k: jnp.sum(lax_conv(x.astype(jnp.float32), k)))(kernel)
+  np.testing.assert_allclose(dkernel, want, rtol=0.05, atol=0.5)
+
+
+def test_default_same_conv_runs_thin_layers_without_lax_conv():
+  assert nets.SAME_CONV == 'chunked'
+
+  def primitives(c, o):
+    fn = lambda x, k: jnp.sum(nets.same_conv(x, k, nets.SAME_CONV))  # noqa: E731
+    jaxpr = jax.make_jaxpr(jax.grad(fn, (0, 1)))(jnp.ones((2, 8, 8, c)), jnp.ones((5, 5, c, o)))
+    return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
+  assert 'conv_general_dilated' not in primitives(3, 32)
+  assert 'conv_general_dilated' not in primitives(32, 3)
+  assert 'conv_general_dilated' in primitives(8, 8)
