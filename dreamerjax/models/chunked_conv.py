@@ -77,7 +77,14 @@ def _patches(x: jax.Array, k: int) -> jax.Array:
   ordered (row offset, column offset, channel) as a `[k, k, C, O]` kernel's rows."""
   f, h, w, c = x.shape
   x = _pad(x, k)
-  views = [x[:, a:a + h, b:b + w] for a in range(k) for b in range(k)]
+  if c < THIN_CHANNELS:
+    # The k column shifts first, then k row shifts of those: pieces of k*c values to copy
+    # instead of c (3 for an image), 20-25% less time for a thin layer's forward plus backward
+    # pass; for wider inputs the one-step form was as fast or faster (docs/benchmarks.md).
+    columns = jnp.concatenate([x[:, :, b:b + w] for b in range(k)], -1)
+    views = [columns[:, a:a + h] for a in range(k)]
+  else:
+    views = [x[:, a:a + h, b:b + w] for a in range(k) for b in range(k)]
   return jnp.concatenate(views, -1).reshape(f * h * w, k * k * c)
 
 
