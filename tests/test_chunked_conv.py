@@ -85,7 +85,7 @@ def test_bfloat16_follows_the_input_dtype_and_keeps_a_float32_kernel_gradient():
 
 
 def test_default_same_conv_runs_thin_layers_without_lax_conv():
-  assert nets.SAME_CONV == 'chunked'
+  assert nets.SAME_CONV == 'auto' and nets.same_conv_form() == 'chunked'  # one CPU device
 
   def primitives(c, o):
     fn = lambda x, k: jnp.sum(nets.same_conv(x, k, nets.SAME_CONV))  # noqa: E731
@@ -94,3 +94,23 @@ def test_default_same_conv_runs_thin_layers_without_lax_conv():
   assert 'conv_general_dilated' not in primitives(3, 32)
   assert 'conv_general_dilated' not in primitives(32, 3)
   assert 'conv_general_dilated' in primitives(8, 8)
+
+
+def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
+  """Over 8 devices `auto` is `shift`, whose gradient keeps the frames where they are: `chunked`
+  would gather every frame onto every device (its loop runs over the frames)."""
+  out = run_with_devices("""
+      import jax, jax.numpy as jnp, numpy as np
+      from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+      from dreamerjax.models import nets
+      mesh = Mesh(np.array(jax.devices()), ('data',))
+      # 64 frames of 32x32: 16 chunks of 4096 pixels, so the loop runs over the frames.
+      x = jax.device_put(jnp.ones((64, 32, 32, 8)), NamedSharding(mesh, P('data')))
+      kernel = jnp.ones((5, 5, 8, 9)) / 100
+      def gathers(impl):
+        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(nets.same_conv(x, k, impl) ** 2), (0, 1)))
+        return grad.lower(x, kernel).compile().as_text().count('all-gather(')
+      print(nets.same_conv_form(), gathers('auto'), gathers('chunked'))
+  """)
+  form, auto, chunked = out.split()
+  assert form == 'shift' and int(auto) == 0 and int(chunked) > 0

@@ -274,27 +274,38 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
 
 
 # How `patch_conv` computes stride-1 'SAME' convolutions with an odd kernel (those of
-# `arch=public2024`; the `paper` networks have none): `chunked`, `lax`, `shift`, `rows` or
-# `patch` (see `same_conv`). `chunked`, `lax` and `shift` keep no patch copies for the backward
-# pass, so the 12m update fits in host memory (the patch matrices were 1.3-3.3 GB per layer at
-# 1024 frames); `shift` is `lax` with the kernel gradient as k*k products, 30% less time over
-# the eight 12m layers on XLA:CPU than `lax`, and `chunked` (`chunked_conv.conv`) builds patch
-# matrices a few frames at a time for the kernel gradient and the 3-channel image layers.
+# `arch=public2024`; the `paper` networks have none): `auto` (`same_conv_form`), `chunked`,
+# `lax`, `shift`, `rows` or `patch` (see `same_conv`). `chunked`, `lax` and `shift` keep no patch
+# copies for the backward pass, so the 12m update fits in host memory (the patch matrices were
+# 1.3-3.3 GB per layer at 1024 frames); `shift` is `lax` with the kernel gradient as k*k
+# products, 30% less time over the eight 12m layers on XLA:CPU than `lax`, and `chunked`
+# (`chunked_conv.conv`) builds patch matrices a few frames at a time for the kernel gradients
+# and the 3-channel image layers, 1.8x less time than `shift` over those layers.
 # `benchmark.conv_profile` times the forms per layer shape (docs/benchmarks.md).
-SAME_CONV = 'chunked'
+SAME_CONV = 'auto'
+
+
+def same_conv_form() -> str:
+  """The form `auto` stands for: `chunked` on one CPU device, where it was timed; `shift`
+  elsewhere. `chunked` loops over the frames, which a batch sharded over devices splits: XLA
+  would gather every frame onto every device (tests/test_chunked_conv.py), and on accelerators
+  the forms have not been timed against each other."""
+  return 'chunked' if jax.default_backend() == 'cpu' and jax.device_count() == 1 else 'shift'
 
 
 def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`.
 
-  `impl`: `chunked` (`chunked_conv.conv`), `lax` (`lax_conv`), `shift` (`shift_conv`: `lax`
-  with the kernel gradient as k*k products), `rows` (`row_conv`: one product per kernel row
-  over a 1/k size patch matrix) or `patch` (a k*k*C wide patch matrix, or with fewer outputs
-  than inputs one product over the input and `_window_sum`). All agree to float tolerance,
-  gradients included (tests/test_public_arch.py).
+  `impl`: `auto` (`same_conv_form`), `chunked` (`chunked_conv.conv`), `lax` (`lax_conv`),
+  `shift` (`shift_conv`: `lax` with the kernel gradient as k*k products), `rows` (`row_conv`:
+  one product per kernel row over a 1/k size patch matrix) or `patch` (a k*k*C wide patch
+  matrix, or with fewer outputs than inputs one product over the input and `_window_sum`). All
+  agree to float tolerance, gradients included (tests/test_public_arch.py).
   """
   k = kernel.shape[0]
   pad = (k - 1) // 2
+  if impl == 'auto':
+    impl = same_conv_form()
   if impl == 'chunked':
     return chunked_conv.conv(x, kernel)
   if impl == 'lax':
@@ -304,8 +315,8 @@ def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   if impl == 'rows':
     return row_conv(x, kernel, pad)
   if impl != 'patch':
-    raise ValueError(f'unknown convolution form {impl!r}: use chunked, lax, shift, rows or '
-                     'patch')
+    raise ValueError(f'unknown convolution form {impl!r}: use auto, chunked, lax, shift, rows '
+                     'or patch')
   if kernel.shape[-1] >= x.shape[-1]:
     return _patch_products(x, kernel, 1, pad)
   # The window sum below over the unpadded input: padding contributes nothing, so the product
