@@ -2,6 +2,7 @@
 
     python scripts/ab_train_step.py --base=HEAD~1 --size=12m --obs=vector --arch=public2024
     python scripts/ab_train_step.py --base=HEAD~1 --size=12m --obs=image --rounds=6
+    python scripts/ab_train_step.py --base=HEAD~1 --size=1m --continuous=6 --rounds=20
 
 The working tree's `dreamerjax/` against `git archive <base> dreamerjax` (unpacked into a
 temporary folder). Both programs are compiled in the same process and their calls alternate, so a
@@ -15,6 +16,7 @@ gain seen here then needs confirming in separate processes (docs/benchmarks.md, 
 draws by the inverse CDF"). Identical programs differed by up to 2.8% in median on a noisy host.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,11 +42,14 @@ _OBS = flags.DEFINE_enum('obs', 'vector', ['vector', 'image'], 'Observation kind
 _ARCH = flags.DEFINE_string('arch', 'paper', 'model.arch (paper or public2024).')
 _ROUNDS = flags.DEFINE_integer('rounds', 8, 'Timed calls per side, alternated.')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON file for the result.')
+_CONTINUOUS = flags.DEFINE_integer('continuous', 0, 'With N > 0, N continuous actions instead '
+                                   'of 17 discrete ones (the actor learns by dynamics backprop).')
 
 
 def _compile(tree: str):
   """`(compiled train step, state, batch)` of the `dreamerjax` package under `tree`. Only calls
-  that older revisions have too (`bench_agent`, `synthetic_batch`), so any base can be timed."""
+  that older revisions have too (`bench_agent`, `synthetic_batch`, `Agent`'s arguments), so any
+  base can be timed."""
   for name in [n for n in sys.modules if n == 'dreamerjax' or n.startswith('dreamerjax.')]:
     del sys.modules[name]
   sys.path.insert(0, tree)
@@ -52,9 +57,12 @@ def _compile(tree: str):
     import jax
 
     from dreamerjax.analysis import benchmark
-    agent = benchmark.bench_agent(_SIZE.value, _OBS.value, model={'arch': _ARCH.value})
+    actions = _CONTINUOUS.value or 17
+    agent = benchmark.bench_agent(_SIZE.value, _OBS.value, actions, model={'arch': _ARCH.value})
+    if _CONTINUOUS.value:  # the same agent with a continuous action space
+      agent = dataclasses.replace(agent, discrete=False)
     state = jax.jit(agent.init)(jax.random.key(0))
-    batch = benchmark.synthetic_batch(benchmark.OBS_SPACES[_OBS.value], 16, 64, 17)
+    batch = benchmark.synthetic_batch(benchmark.OBS_SPACES[_OBS.value], 16, 64, actions)
     start = time.perf_counter()
     compiled = jax.jit(agent.train_step).lower(state, batch).compile()
     logging.info('%s: compiled in %.1f s', tree, time.perf_counter() - start)
