@@ -114,3 +114,17 @@ def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
   """)
   form, auto, chunked = out.split()
   assert form == 'shift' and int(auto) == 0 and int(chunked) > 0
+
+
+def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
+  """`num_seeds` vmaps the whole update: the chunk loops batch over the seed axis."""
+  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
+  monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
+  x, kernel, g = random_layer(4, 3, 9, 5)
+  xs, kernels, gs = (jnp.stack([a, 2.0 * a]) for a in (x, kernel, g))
+  for conv in (chunked_conv.conv, chunked_conv.few_outputs):
+    got = jax.vmap(lambda x, k, g: values_and_grads(conv, x, k, g))(xs, kernels, gs)
+    for seed in range(2):
+      want = values_and_grads(lax_conv, xs[seed], kernels[seed], gs[seed])
+      for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a[seed], b, atol=2e-4, rtol=1e-5)
