@@ -2,6 +2,8 @@
 one side, the whole layer) runs over patch matrices a few frames at a time, against
 `lax.conv_general_dilated` with gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,11 +22,11 @@ def values_and_grads(conv, x, kernel, g):
   return (y, *vjp(g))
 
 
-def random_layer(frames, channels, outputs, k):
+def random_layer(frames, channels, outputs, k, height=6):
   keys = jax.random.split(jax.random.key(0), 3)
-  return (jax.random.normal(keys[0], (frames, 6, 5, channels)),
+  return (jax.random.normal(keys[0], (frames, height, 5, channels)),
           jax.random.normal(keys[1], (k, k, channels, outputs)) / k,
-          jax.random.normal(keys[2], (frames, 6, 5, outputs)))
+          jax.random.normal(keys[2], (frames, height, 5, outputs)))
 
 
 @pytest.mark.parametrize('form', ['few_inputs', 'few_outputs', 'conv'])
@@ -49,6 +51,20 @@ def test_kernel_grad_from_either_patch_matrix(monkeypatch, channels, outputs):
   x, kernel, g = random_layer(4, channels, outputs, 5)
   want = jax.vjp(lambda k: lax_conv(x, k), kernel)[1](g)[0]
   np.testing.assert_allclose(chunked_conv.kernel_grad(x, g, 5), want, atol=5e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('frames,channels,outputs,k,height', [(6, 8, 9, 5, 16), (4, 9, 8, 3, 8),
+                                                              (6, 8, 8, 3, 11)])
+def test_stacked_rows_kernel_grad(monkeypatch, frames, channels, outputs, k, height):
+  """Wide layers with at least 4 (k - 1) rows stack a chunk's frames into one tall image (2 or 3
+  frames a chunk here); the windows that straddle two frames must add nothing."""
+  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 3 * height * 5)
+  x, kernel, g = random_layer(frames, channels, outputs, k, height)
+  assert min(channels, outputs) >= chunked_conv.THIN_CHANNELS and height >= 4 * (k - 1)
+  got = values_and_grads(chunked_conv.conv, x, kernel, g)
+  want = values_and_grads(lax_conv, x, kernel, g)
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5, err_msg=name)
 
 
 def test_a_tap_lands_where_lax_puts_it():
@@ -123,7 +139,7 @@ def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
   x, kernel, g = random_layer(4, 3, 9, 5)
   xs, kernels, gs = (jnp.stack([a, 2.0 * a]) for a in (x, kernel, g))
   for conv in (chunked_conv.conv, chunked_conv.few_outputs):
-    got = jax.vmap(lambda x, k, g: values_and_grads(conv, x, k, g))(xs, kernels, gs)
+    got = jax.vmap(functools.partial(values_and_grads, conv))(xs, kernels, gs)
     for seed in range(2):
       want = values_and_grads(lax_conv, xs[seed], kernels[seed], gs[seed])
       for a, b in zip(got, want, strict=True):

@@ -123,10 +123,13 @@ def _from_g_patches(total: jax.Array, k: int) -> jax.Array:
 
 def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> jax.Array:
   """The kernel gradient `[k, k, C, O]` (float32) of the layer with input `x [N, H, W, C]` at
-  the output gradient `g [N, H, W, O]`, from the narrower of the two patch matrices, `rows`
-  pixels (default `CHUNK_ROWS`) at a time."""
+  the output gradient `g [N, H, W, O]`, `rows` pixels (default `CHUNK_ROWS`) at a time: by
+  `_stacked_rows_kernel_grad` where both sides are wide and a frame has at least 4 (k-1) rows,
+  else from the narrower of the two patch matrices."""
   rows = rows or CHUNK_ROWS
   c, o = x.shape[-1], g.shape[-1]
+  if min(c, o) >= THIN_CHANNELS and x.shape[1] >= 4 * (k - 1):
+    return _stacked_rows_kernel_grad(x, g, k, rows)
   if c < o:
     total, _ = _products(lambda x, g: (_dot32(_patches(x, k).T, g.reshape(-1, o)), None),
                          x, g, (k * k * c, o), rows)
@@ -134,6 +137,35 @@ def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> 
   total, _ = _products(lambda x, g: (_dot32(x.reshape(-1, c).T, _patches(g, k)), None),
                        x, g, (c, k * k * o), rows)
   return _from_g_patches(total, k)
+
+
+def _stacked_rows_kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int) -> jax.Array:
+  """`kernel_grad` with k column shifts of the input instead of k*k shifts: a chunk's padded
+  frames stacked into one tall image `[F (H + k - 1), W, k C]`, in which kernel row a's patch
+  rows are one contiguous slice, a rows down; `g` gets k - 1 zero rows below each frame, so the
+  windows that straddle two frames add nothing. One product per kernel row, `g.T @ slice`
+  (`[O, k C]`, a YNN product), at (k - 1) / H more multiply-adds than the patch form. 12m, 16x16
+  and 32x32 layers: 0.20-0.41 s against 0.26-0.58 s; at 8x8 (half the rows junk) it was slower
+  (docs/benchmarks.md)."""
+  c, o = x.shape[-1], g.shape[-1]
+  h, w = x.shape[1:3]
+  pad = (k - 1) // 2
+
+  def products(x, g):
+    f = x.shape[0]
+    tall = f * (h + k - 1)
+    x = _pad(x, k)
+    columns = jnp.concatenate([x[:, :, b:b + w] for b in range(k)], -1).reshape(tall * w, k * c)
+    g = jnp.pad(g, ((0, 0), (0, 2 * pad), (0, 0), (0, 0))).reshape(tall * w, o)
+    length = (tall - k + 1) * w
+    # The transpose is materialized first so that each product runs as XLA:CPU's YNN product
+    # (`nets.weight_grad`).
+    g_rows = jax.lax.optimization_barrier(g[:length].T)
+    per_row = [_dot32(g_rows, columns[a * w:a * w + length]) for a in range(k)]
+    return jnp.stack(per_row), None
+
+  total, _ = _products(products, x, g, (k, o, k * c), rows)
+  return total.reshape(k, o, k, c).transpose(0, 2, 3, 1)
 
 
 @jax.custom_vjp
