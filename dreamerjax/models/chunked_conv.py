@@ -12,8 +12,10 @@ input is kept for the backward pass. Per layer of the 12m update, timed in docs/
   conv(x, kernel)          the layer: `few_inputs` or `few_outputs` when one side has fewer
                            than `THIN_CHANNELS` channels, else `lax_conv` differentiated with
                            `kernel_grad`.
-  kernel_grad(x, g, k)     `d kernel`: x.T @ patches(g) or patches(x).T @ g, whichever patch
-                           matrix is narrower (k*k*O or k*k*C columns).
+  kernel_grad(x, g, k)     `d kernel`: for wide layers of at least 4 (k-1) rows, one product
+                           per kernel row over k column shifts of the frames stacked into one
+                           tall image; else x.T @ patches(g) or patches(x).T @ g, whichever
+                           patch matrix is narrower (k*k*O or k*k*C columns).
   few_inputs(x, kernel)    y = patches(x) @ kernel; its input gradient is `few_outputs`.
   few_outputs(x, kernel)   y = the window sum of x @ kernel (each input pixel's contribution
                            to its k*k windows, k*k*O columns); both gradients read one patch
