@@ -74,28 +74,43 @@ def _pad(x: jax.Array, k: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
+def _column_shifts(x: jax.Array, k: int) -> jax.Array:
+  """`[F, H, W, C]` -> `[F, H + k - 1, W, k C]`: the zero-padded input's k column shifts side by
+  side, so that pixel (i, j)'s window row a is row i + a's `k C` values."""
+  w = x.shape[2]
+  x = _pad(x, k)
+  return jnp.concatenate([x[:, :, b:b + w] for b in range(k)], -1)
+
+
 def _patches(x: jax.Array, k: int) -> jax.Array:
   """`[F, H, W, C]` -> `[F H W, k k C]`: each pixel's k x k window of the zero-padded input,
   ordered (row offset, column offset, channel) as a `[k, k, C, O]` kernel's rows."""
   f, h, w, c = x.shape
-  x = _pad(x, k)
   if c < THIN_CHANNELS:
     # The k column shifts first, then k row shifts of those: pieces of k*c values to copy
     # instead of c (3 for an image), 20-25% less time for a thin layer's forward plus backward
     # pass; for wider inputs the one-step form was as fast or faster (docs/benchmarks.md).
-    columns = jnp.concatenate([x[:, :, b:b + w] for b in range(k)], -1)
+    columns = _column_shifts(x, k)
     views = [columns[:, a:a + h] for a in range(k)]
   else:
+    x = _pad(x, k)
     views = [x[:, a:a + h, b:b + w] for a in range(k) for b in range(k)]
   return jnp.concatenate(views, -1).reshape(f * h * w, k * k * c)
 
 
+def window_sum(z: jax.Array, k: int) -> jax.Array:
+  """`[N, H, W, k*k, O]` -> `[N, H-k+1, W-k+1, O]`: output `(i, j)` sums tap `(a, b)` of input
+  pixel `(i + a, j + b)`."""
+  h, w = z.shape[1:3]
+  out_h, out_w = h - k + 1, w - k + 1
+  return sum(z[:, a:a + out_h, b:b + out_w, a * k + b] for a in range(k) for b in range(k))
+
+
 def _window_sum(z: jax.Array, k: int, outputs: int) -> jax.Array:
   """`[F, H, W, k k O]` (pixel (i, j)'s contribution to the output at offset (a, b) of its
-  windows) -> `[F, H, W, O]`: output (i, j) sums tap (a, b) of padded pixel (i + a, j + b)."""
+  windows) -> `[F, H, W, O]`: `window_sum` over the zero-padded contributions."""
   f, h, w, _ = z.shape
-  z = _pad(z, k).reshape(f, h + k - 1, w + k - 1, k * k, outputs)
-  return sum(z[:, a:a + h, b:b + w, a * k + b] for a in range(k) for b in range(k))
+  return window_sum(_pad(z, k).reshape(f, h + k - 1, w + k - 1, k * k, outputs), k)
 
 
 def _flipped(kernel: jax.Array) -> jax.Array:
@@ -154,10 +169,8 @@ def _stacked_rows_kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int) -> 
   pad = (k - 1) // 2
 
   def products(x, g):
-    f = x.shape[0]
-    tall = f * (h + k - 1)
-    x = _pad(x, k)
-    columns = jnp.concatenate([x[:, :, b:b + w] for b in range(k)], -1).reshape(tall * w, k * c)
+    tall = x.shape[0] * (h + k - 1)
+    columns = _column_shifts(x, k).reshape(tall * w, k * c)
     g = jnp.pad(g, ((0, 0), (0, 2 * pad), (0, 0), (0, 0))).reshape(tall * w, o)
     length = (tall - k + 1) * w
     # The transpose is materialized first so that each product runs as XLA:CPU's YNN product
