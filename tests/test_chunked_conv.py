@@ -144,3 +144,57 @@ def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
       want = values_and_grads(lax_conv, xs[seed], kernels[seed], gs[seed])
       for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a[seed], b, atol=2e-4, rtol=1e-5)
+
+
+def upsample(x):
+  return jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+
+
+def max_pool(y):
+  n, h, w, c = y.shape
+  return y.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+@pytest.mark.parametrize('nearest,pool,channels,outputs', [
+    (False, True, 3, 8),   # few_inputs_pooled: the encoder's image layer
+    (True, False, 8, 3),   # few_outputs_upsampled: the decoder's image layer
+    (False, True, 8, 9), (True, False, 9, 8),  # wide layers: lax_conv between the two
+    (True, True, 3, 8), (True, True, 8, 3)])  # both: upsampled and pooled around the thin forms
+def test_upsampled_and_pooled_layers_equal_lax_conv_with_gradients(monkeypatch, nearest, pool,
+                                                                   channels, outputs):
+  # 60 pixels a chunk: 2 frames at 6x5 (1 at 12x10), several loop iterations, 5 frames in all.
+  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
+  monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
+  keys = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(keys[0], (5, 6, 10, channels))
+  kernel = jax.random.normal(keys[1], (5, 5, channels, outputs)) / 5
+  scale = 2 if nearest else 1
+
+  def reference(x, kernel):
+    y = lax_conv(upsample(x) if nearest else x, kernel)
+    return max_pool(y) if pool else y
+
+  want_shape = (5, 6 * scale // (2 if pool else 1), 10 * scale // (2 if pool else 1), outputs)
+  g = jax.random.normal(keys[2], want_shape)
+  got = values_and_grads(functools.partial(chunked_conv.conv, nearest=nearest, pool=pool),
+                         x, kernel, g)
+  want = values_and_grads(reference, x, kernel, g)
+  assert got[0].shape == want_shape
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5, err_msg=name)
+
+
+def test_the_thin_stages_keep_no_full_size_tensor():
+  """The encoder's image layer with its pool, and the decoder's with its upsampling, keep only
+  their inputs (and uint8 positions of the maxima) for the backward pass: no `[N, 64, 64, 32]`
+  array lives between the two passes."""
+  x = jnp.zeros((4, 64, 64, 3))
+  kernel = jnp.zeros((5, 5, 3, 32))
+  residuals = jax.vjp(functools.partial(chunked_conv.conv, pool=True), x, kernel)[1]
+  shapes = {(leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(residuals)}
+  assert ((4, 64, 64, 32), 'float32') not in shapes
+  assert ((4, 32, 32, 32), 'uint8') in shapes
+  low = jnp.zeros((4, 32, 32, 32))
+  residuals = jax.vjp(functools.partial(chunked_conv.conv, nearest=True), low,
+                      jnp.zeros((5, 5, 32, 3)))[1]
+  assert max(leaf.size for leaf in jax.tree.leaves(residuals)) == low.size

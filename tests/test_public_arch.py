@@ -85,6 +85,32 @@ def test_same_conv_forms_equal_lax_conv_with_gradients(impl, channels, outputs):
     np.testing.assert_allclose(got, want, atol=1e-3)
 
 
+@pytest.mark.parametrize('impl', ['chunked', 'lax', 'shift', 'rows', 'patch'])
+@pytest.mark.parametrize('nearest,pool,channels,outputs', [(True, False, 8, 3),
+                                                           (False, True, 3, 8),
+                                                           (True, True, 8, 9)])
+def test_same_conv_forms_upsample_and_pool(impl, nearest, pool, channels, outputs):
+  """The decoder's stages (2x nearest upsampling, then the convolution) and the encoder's (the
+  convolution, then a 2x2 max pool) in every form, against `lax.conv` and autodiff pooling."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 4, channels))
+  kernel = jax.random.normal(jax.random.key(1), (5, 5, channels, outputs))
+
+  def reference(x, k):
+    if nearest:
+      x = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    n, h, w, c = y.shape
+    return y.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4)) if pool else y
+
+  ours = lambda x, k: nets.same_conv(x, k, impl, nearest, pool)  # noqa: E731
+  np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), atol=1e-4)
+  loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)))  # noqa: E731
+  for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
+                       jax.grad(loss(reference), (0, 1))(x, kernel), strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
 def test_only_odd_same_convolutions_take_the_same_conv_path():
   """`public2024`'s 5x5 convolutions run as `nets.SAME_CONV`; the `paper` forms (stride-2 4x4,
   the upsampling 2x2) keep their patch products, so their programs are unchanged."""

@@ -31,6 +31,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dreamerjax.models import pooling
+
 # Pixels per loop iteration: for the kernel gradient of a layer with many channels on both sides
 # (4 frames at 32x32: a 25 x 32 wide float32 patch matrix of 13 MB), and for the thin layers
 # (2 frames at 64x64: 75 columns, 2.5 MB). Timed against 2x and 4x as many over the eight layers
@@ -49,12 +51,24 @@ def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """The layer, in the form for its channel counts (module docstring)."""
+def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
+         pool: bool = False) -> jax.Array:
+  """The layer, in the form for its channel counts (module docstring); with `nearest`, over the
+  input upsampled 2x (nearest neighbour), and with `pool`, followed by 2x2 max pooling
+  (`pooling.max_pool`). A thin layer takes either inside its loop (`few_outputs_upsampled`,
+  `few_inputs_pooled`), so the full-size tensor never leaves the cache."""
   c, o = kernel.shape[2:]
   if min(c, o) < THIN_CHANNELS:
-    return few_inputs(x, kernel) if c <= o else few_outputs(x, kernel)
-  return _lax_forward(x, kernel)
+    if c <= o and pool and not nearest:
+      return few_inputs_pooled(x, kernel)
+    if c > o and nearest and not pool:
+      return few_outputs_upsampled(x, kernel)
+  y = _upsample(x) if nearest else x
+  if min(c, o) < THIN_CHANNELS:
+    y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
+  else:
+    y = _lax_forward(y, kernel)
+  return pooling.max_pool(y) if pool else y
 
 
 def _frames_per_chunk(frames: int, pixels: int, rows: int) -> int:
@@ -118,13 +132,18 @@ def _flipped(kernel: jax.Array) -> jax.Array:
   return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
 
 
-def _products(fn, x: jax.Array, g: jax.Array, shape: tuple, rows: int):
-  """`sum over chunks fn(x chunk, g chunk)` in float32, and each chunk's second output stacked."""
+def _products(fn, x: jax.Array, g: jax.Array, shape: tuple, rows: int, *more: jax.Array):
+  """`sum over chunks fn(x chunk, g chunk, *more chunks)` in float32, and each chunk's second
+  output stacked. Chunks of `x` have at most `rows` pixels; `g` and `more` are split into the
+  same frames."""
+  frames = _chunks(x, rows).shape[1]
+
   def step(total, chunk):
     product, out = fn(*chunk)
     return total + product, out
 
-  return jax.lax.scan(step, jnp.zeros(shape, jnp.float32), (_chunks(x, rows), _chunks(g, rows)))
+  split = lambda a: a.reshape(a.shape[0] // frames, frames, *a.shape[1:])
+  return jax.lax.scan(step, jnp.zeros(shape, jnp.float32), tuple(map(split, (x, g, *more))))
 
 
 def _dot32(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -225,11 +244,90 @@ few_inputs.defvjp(_few_inputs_fwd, _few_inputs_bwd)
 
 
 @jax.custom_vjp
-def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def few_inputs_pooled(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`pooling.max_pool(few_inputs(x, kernel))`, each chunk pooled as it is computed; the backward
+  pass keeps `x` and the uint8 positions of the maxima, and unpools the gradient chunk by chunk
+  into the kernel gradient's product."""
+  return _few_inputs_pooled_fwd(x, kernel)[0]
+
+
+def _few_inputs_pooled_fwd(x, kernel):
+  k, _, c, o = kernel.shape
+  matrix = kernel.reshape(k * k * c, o).astype(x.dtype)
+
+  def chunk(frames):
+    f, h, w, _ = frames.shape
+    return pooling.pool_with_index((_patches(frames, k) @ matrix).reshape(f, h, w, o))
+
+  pooled, index = jax.lax.map(chunk, _chunks(x, THIN_CHUNK_ROWS))
+  n, h, w = x.shape[0], x.shape[1] // 2, x.shape[2] // 2
+  return pooled.reshape(n, h, w, o), (x, kernel, index.reshape(n, h, w, o))
+
+
+def _few_inputs_pooled_bwd(residuals, g):
+  x, kernel, index = residuals
+  k, _, c, o = kernel.shape
+  flipped = _flipped(kernel).transpose(2, 0, 1, 3).reshape(o, k * k * c).astype(x.dtype)
+
+  def products(x, g, index):
+    full = pooling.unpool(g, index)
+    # The input gradient is `few_outputs(full, flipped kernel)`, chunk by chunk; an unused one
+    # (the image layer's) is dropped by XLA.
+    dx = _window_sum(full @ flipped, k, c)
+    return _dot32(_patches(x, k).T, full.reshape(-1, o)), dx
+
+  total, dx = _products(products, x, g.astype(x.dtype), (k * k * c, o), THIN_CHUNK_ROWS, index)
+  return dx.reshape(x.shape).astype(x.dtype), total.reshape(kernel.shape).astype(kernel.dtype)
+
+
+few_inputs_pooled.defvjp(_few_inputs_pooled_fwd, _few_inputs_pooled_bwd)
+
+
+def _upsample(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour 2x upsampling, `[N, H, W, C]` -> `[N, 2 H, 2 W, C]`."""
+  return jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+
+
+def _sum_pool(z: jax.Array) -> jax.Array:
+  """The transpose of `_upsample`: `[N, 2 H, 2 W, C]` -> `[N, H, W, C]`, each 2x2 window summed."""
+  n, h, w, c = z.shape
+  return z.reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
+
+
+def _few_outputs_forward(x: jax.Array, kernel: jax.Array, nearest: bool) -> jax.Array:
+  """`few_outputs` of `x`, or of `_upsample(x)` with `nearest`: the product `x @ taps` runs at
+  the input's resolution either way (upsampling commutes with it)."""
   k, _, c, o = kernel.shape
   taps = kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o).astype(x.dtype)
-  y = jax.lax.map(lambda chunk: _window_sum(chunk @ taps, k, o), _chunks(x, THIN_CHUNK_ROWS))
-  return y.reshape(*x.shape[:3], o)
+  grow = _upsample if nearest else (lambda z: z)
+  rows = THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
+  y = jax.lax.map(lambda chunk: _window_sum(grow(chunk @ taps), k, o), _chunks(x, rows))
+  scale = 2 if nearest else 1
+  return y.reshape(x.shape[0], scale * x.shape[1], scale * x.shape[2], o)
+
+
+def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: bool):
+  """`(d x, d kernel)` of `_few_outputs_forward`. The input gradient is the convolution of g with
+  the flipped kernel: one product over g's patch matrix (k k O wide), which the kernel gradient
+  reads too; with `nearest`, both read that matrix summed over each 2x2 window (the transpose of
+  the upsampling), at the input's resolution."""
+  k, _, c, o = kernel.shape
+  flipped = _flipped(kernel).reshape(k * k * o, c).astype(x.dtype)
+  rows = THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
+
+  def both(x, g):
+    patches = _patches(g, k)
+    if nearest:
+      patches = _sum_pool(patches.reshape(*g.shape[:3], -1)).reshape(-1, k * k * o)
+    return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
+
+  total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), rows)
+  return dx.reshape(x.shape), _from_g_patches(total, k).astype(kernel.dtype)
+
+
+@jax.custom_vjp
+def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _few_outputs_forward(x, kernel, nearest=False)
 
 
 def _few_outputs_fwd(x, kernel):
@@ -238,17 +336,26 @@ def _few_outputs_fwd(x, kernel):
 
 def _few_outputs_bwd(residuals, g):
   x, kernel = residuals
-  k, _, c, o = kernel.shape
-  # The input gradient is the convolution of g with the flipped kernel: one product over g's
-  # patch matrix (k k O wide), which the kernel gradient reads too.
-  flipped = _flipped(kernel).reshape(k * k * o, c).astype(x.dtype)
-
-  def both(x, g):
-    patches = _patches(g, k)
-    return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
-
-  total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), THIN_CHUNK_ROWS)
-  return dx.reshape(x.shape), _from_g_patches(total, k).astype(kernel.dtype)
+  return _few_outputs_grads(x, kernel, g, nearest=False)
 
 
 few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)
+
+
+@jax.custom_vjp
+def few_outputs_upsampled(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """`few_outputs(_upsample(x), kernel)` without the upsampled input: the product at the input's
+  resolution, its k k O columns upsampled inside the loop. 1/4 of the multiply-adds."""
+  return _few_outputs_forward(x, kernel, nearest=True)
+
+
+def _few_outputs_upsampled_fwd(x, kernel):
+  return few_outputs_upsampled(x, kernel), (x, kernel)
+
+
+def _few_outputs_upsampled_bwd(residuals, g):
+  x, kernel = residuals
+  return _few_outputs_grads(x, kernel, g, nearest=True)
+
+
+few_outputs_upsampled.defvjp(_few_outputs_upsampled_fwd, _few_outputs_upsampled_bwd)

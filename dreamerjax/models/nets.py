@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamerjax.models import chunked_conv, ops
+from dreamerjax.models import chunked_conv, ops, pooling
 
 
 def activation(name: str):
@@ -242,10 +242,7 @@ class ImageEncoder(nn.Module):
     x = x.astype(self.dtype)
     for multiplier in self.multipliers:
       x = Conv(self.depth * multiplier, self.kernel, stride=1 if self.pool else 2,
-               use_bias=self.bias or self.norm == 'none', dtype=self.dtype)(x)
-      if self.pool:
-        n, h, w, c = x.shape
-        x = x.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+               use_bias=self.bias or self.norm == 'none', dtype=self.dtype, pool=self.pool)(x)
       x = activation(self.act)(Norm(self.norm)(x))
     return x.reshape(*lead, -1)
 
@@ -293,8 +290,11 @@ def same_conv_form() -> str:
   return 'chunked' if jax.default_backend() == 'cpu' and jax.device_count() == 1 else 'shift'
 
 
-def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
-  """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`.
+def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax', nearest: bool = False,
+              pool: bool = False) -> jax.Array:
+  """Stride-1 convolution with 'SAME' padding and an odd kernel, `[N, H, W, C]` * `[k, k, C, O]`;
+  with `nearest`, of the input upsampled 2x (nearest neighbour), and with `pool`, followed by 2x2
+  max pooling (`pooling.max_pool`): the 2024 public code's decoder and encoder stages.
 
   `impl`: `auto` (`same_conv_form`), `chunked` (`chunked_conv.conv`), `lax` (`lax_conv`),
   `shift` (`shift_conv`: `lax` with the kernel gradient as k*k products), `rows` (`row_conv`:
@@ -307,7 +307,11 @@ def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax') -> jax.Array:
   if impl == 'auto':
     impl = same_conv_form()
   if impl == 'chunked':
-    return chunked_conv.conv(x, kernel)
+    return chunked_conv.conv(x, kernel, nearest, pool)
+  if nearest:
+    x = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+  if pool:
+    return pooling.max_pool(same_conv(x, kernel, impl))
   if impl == 'lax':
     return lax_conv(x, kernel, pad)
   if impl == 'shift':
@@ -576,7 +580,9 @@ _overlap_add.defvjp(_overlap_add_fwd, _overlap_add_bwd)
 
 class Conv(nn.Module):
   """Square convolution through `patch_conv` ('SAME' padding for stride 2 and even kernels),
-  or with `upsample=True` the 4x4 stride-2 transposed convolution of `upsample_conv`."""
+  or with `upsample=True` the 4x4 stride-2 transposed convolution of `upsample_conv`. A stride-1
+  convolution with an odd kernel may take `nearest` (a 2x nearest-neighbour upsampling of its
+  input first) and `pool` (a 2x2 max pool of its output, before the bias), as `same_conv`."""
 
   features: int
   kernel: int = 4
@@ -584,6 +590,8 @@ class Conv(nn.Module):
   upsample: bool = False
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
+  nearest: bool = False
+  pool: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -593,6 +601,11 @@ class Conv(nn.Module):
     x = x.astype(self.dtype)
     if self.upsample:
       y = upsample_conv(x, kernel)
+    elif self.nearest or self.pool:
+      if self.stride != 1 or self.kernel % 2 == 0:
+        raise ValueError(f'nearest / pool need a stride-1 convolution with an odd kernel, got '
+                         f'kernel {self.kernel}, stride {self.stride}')
+      y = same_conv(x, kernel, SAME_CONV, self.nearest, self.pool)
     else:
       y = patch_conv(x, kernel, self.stride, pad=max(self.kernel - self.stride, 0) // 2)
     if self.use_bias:
@@ -636,8 +649,7 @@ class ImageDecoder(nn.Module):
       last = index == stages - 1
       use_bias = last or self.bias or self.norm == 'none'
       if self.pool:
-        x = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
-        x = Conv(width_out, self.kernel, use_bias=use_bias, dtype=self.dtype)(x)
+        x = Conv(width_out, self.kernel, use_bias=use_bias, dtype=self.dtype, nearest=True)(x)
       else:
         x = Conv(width_out, upsample=True, use_bias=use_bias, dtype=self.dtype)(x)
       if not last:
