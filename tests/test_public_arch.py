@@ -183,3 +183,17 @@ def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   # than a gigabyte at this size; both sides are the same record here, so the ratio is 1.
   assert 2 * 8 * 17 * 4 < record['scratch_bytes'] < 1e9
   assert row['equal_architecture']['scratch_ratio'] == 1.0
+
+
+def test_the_public_side_gets_every_flag_its_older_jax_accepts():
+  """The public code's jax 0.4.33 aborts on a flag it does not know (YNNPACK's); every other
+  flag, dreamerjax's scheduler flag included, reaches both sides alike."""
+  from dreamerjax.analysis import public_harness
+  ours = os.environ['XLA_FLAGS']
+  assert '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution' in ours.split()
+  flags = ('--xla_cpu_enable_concurrency_optimized_scheduler=false '
+           '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution '
+           '--xla_force_host_platform_device_count=2')
+  assert public_harness.older_jax_flags(flags) == (
+      '--xla_cpu_enable_concurrency_optimized_scheduler=false '
+      '--xla_force_host_platform_device_count=2')

@@ -164,7 +164,8 @@ def main():
       'counted_flops': counted, 'compile_s': compile_s, 'lower_s': lower_s,
       'step_s_calls': seconds, 'step_sys_s_calls': sys_seconds,
       'scratch_bytes': None if memory is None else int(memory.temp_size_in_bytes),
-      'jax': jax.__version__, 'matmul_peak': flops_module.matmul_peak()}
+      'jax': jax.__version__, 'matmul_peak': flops_module.matmul_peak(),
+      'xla_flags': os.environ.get('XLA_FLAGS', '')}
   print('RECORD', json.dumps(record), flush=True)
 
 

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+import dreamerjax
+
 REPOSITORY = 'https://github.com/danijar/dreamerv3'
 COMMIT = 'e3f02248693a79dc8b0ebd62c93683888ddaccfe'  # 2024 head: "Fix Atari frame maxpooling"
 # Its requirements.txt, less the environments' packages and CUDA (jax[cuda12]==0.4.33 -> the CPU
@@ -79,9 +81,19 @@ def _record(command: list[str], env: dict | None = None, timeout: float = 3600) 
   return json.loads(result.stdout.split('RECORD ', 1)[1].splitlines()[0])
 
 
+def older_jax_flags(flags: str) -> str:
+  """`XLA_FLAGS` less the ones the public code's jax 0.4.33 refuses (`dreamerjax.OLDER_JAX_DROPS`:
+  YNNPACK's, a library that jax lacks; its convolutions run in Eigen as ours do). The rest, the
+  scheduler flag included, reach both sides alike."""
+  return ' '.join(flag for flag in flags.split()
+                  if flag.lstrip('-').split('=')[0] not in dreamerjax.OLDER_JAX_DROPS)
+
+
 def public_record(paths: dict, size: str, obs: str, repeats: int) -> dict:
+  environment = dict(os.environ)
+  environment['XLA_FLAGS'] = older_jax_flags(environment.get('XLA_FLAGS', ''))
   return _record([paths['python'], DRIVER, f'--source={paths["source"]}', f'--size={size}',
-                  f'--obs={obs}', f'--repeats={repeats}'])
+                  f'--obs={obs}', f'--repeats={repeats}'], env=environment)
 
 
 def ours_record(size: str, obs: str, arch: str, repeats: int) -> dict:
