@@ -66,7 +66,7 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
   y = _upsample(x) if nearest else x
   if min(c, o) < THIN_CHANNELS:
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
-  elif y.shape[1] >= 4 * (kernel.shape[0] - 1):
+  elif y.shape[1] >= 8 * (kernel.shape[0] - 1):
     y = _lax_forward(y, kernel)
   else:
     y = lax_conv(y, kernel, (kernel.shape[0] - 1) // 2)
