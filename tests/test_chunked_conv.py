@@ -34,9 +34,11 @@ def random_layer(frames, channels, outputs, k, height=6):
                                                        (5, 4, 4, 1), (4, 9, 12, 3),
                                                        (4, 12, 9, 5)])
 def test_forms_equal_lax_conv_with_gradients(monkeypatch, form, frames, channels, outputs, k):
-  # 2 frames of 6x5 pixels a chunk: several loop iterations, and odd frame counts (one a chunk).
+  # 2 frames of 6x5 pixels a chunk: several loop iterations, and odd frame counts (one a chunk);
+  # `conv`'s wide layers take the stacked-rows kernel gradient at this height.
   monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
   monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
+  monkeypatch.setattr(chunked_conv, 'STACKED_ROWS_FROM', 1)
   x, kernel, g = random_layer(frames, channels, outputs, k)
   got = values_and_grads(getattr(chunked_conv, form), x, kernel, g)
   want = values_and_grads(lax_conv, x, kernel, g)

@@ -1,17 +1,22 @@
-"""Stride-1 'SAME' convolutions whose kernel gradient (and, for a layer with few input or output
-channels, the whole layer) runs as products over patch matrices built a few frames at a time.
+"""Stride-1 'SAME' convolutions of `arch=public2024`'s CNN: the layers with few input or output
+channels, and the kernel gradient of the widest, as products over patch matrices built a few
+frames at a time.
 
-XLA:CPU (jax 0.10) runs the 5x5 convolutions of `arch=public2024`'s CNN at 140-230 GFLOP/s
-forward, but their autodiff kernel gradient at a third of that, and a layer with 3 channels on
-one side (the image layers: 3 -> 32 in the encoder, 32 -> 3 in the decoder) at 26-56 GFLOP/s
-whichever way. A product over a patch matrix is fast, but the matrix of every frame at once is
-k*k times the layer's input (1.3-3.4 GB at 1024 frames). Built a few frames at a time inside a
-loop (`CHUNK_ROWS`, `THIN_CHUNK_ROWS` pixels), it stays in cache, and nothing but the layer's
-input is kept for the backward pass. Per layer of the 12m update, timed in docs/benchmarks.md.
+XLA:CPU (jax 0.10, convolutions in Eigen: `dreamerjax.CPU_XLA_FLAGS`) runs a layer with 3
+channels on one side (the image layers: 3 -> 32 in the encoder, 32 -> 3 in the decoder) several
+times slower per FLOP than the others, and the autodiff kernel gradient of the 32x32 layers
+slower than a product over their patches. A product over a patch matrix is fast, but the matrix
+of every frame at once is k*k times the layer's input (1.3-3.4 GB at 1024 frames). Built a few
+frames at a time inside a loop (`CHUNK_ROWS`, `THIN_CHUNK_ROWS` pixels), it stays in cache, and
+nothing but the layer's input is kept for the backward pass. The image layers also take their
+stage's pooling (encoder) or upsampling (decoder) inside that loop, so their full-size tensors
+never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks.md.
 
-  conv(x, kernel)          the layer: `few_inputs` or `few_outputs` when one side has fewer
-                           than `THIN_CHANNELS` channels, else `lax_conv` differentiated with
-                           `kernel_grad`.
+  conv(x, kernel, nearest, pool)  the layer, `nearest` 2x upsampling before it and `pool` 2x2
+                           max pooling after it: `few_inputs(_pooled)` or
+                           `few_outputs(_upsampled)` when one side has fewer than
+                           `THIN_CHANNELS` channels; else `lax_conv`, differentiated with
+                           `kernel_grad` from `STACKED_ROWS_FROM` (k-1) rows, by autodiff below.
   kernel_grad(x, g, k)     `d kernel`: for wide layers of at least 4 (k-1) rows, one product
                            per kernel row over k column shifts of the frames stacked into one
                            tall image; else x.T @ patches(g) or patches(x).T @ g, whichever
@@ -22,7 +27,7 @@ input is kept for the backward pass. Per layer of the 12m update, timed in docs/
                            matrix of g.
 
 `x [N, H, W, C]`, `kernel [k, k, C, O]` (k odd, zero padding (k-1)/2 on every side); all agree
-with `lax.conv_general_dilated` to float tolerance, gradients included
+with `lax.conv_general_dilated` (and autodiff pooling) to float tolerance, gradients included
 (tests/test_chunked_conv.py).
 """
 
@@ -43,6 +48,13 @@ THIN_CHUNK_ROWS = 8192
 # `conv` runs a layer with fewer inputs or outputs than this as `few_inputs` / `few_outputs`.
 THIN_CHANNELS = 8
 
+# A wide layer with at least this many times (k - 1) rows takes its kernel gradient from
+# `kernel_grad` (the stacked rows); smaller ones differentiate `lax.conv`. 12m image update
+# (`scripts/ab_train_step.py`, docs/benchmarks.md): the stacked rows at 32x32, 16x16 and 8x8
+# 5.24 s; at 32x32 and 16x16 5.15 s; at 32x32 only, against 16x16 too, 5.58 against 6.02 s; at
+# none, against 32x32 only, 5.44 against 5.23 s.
+STACKED_ROWS_FROM = 8
+
 
 def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
   """Stride-1 convolution by `lax.conv_general_dilated` (`[N, H, W, C]`, `[k, k, C, O]`, zero
@@ -53,10 +65,10 @@ def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
 
 def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
          pool: bool = False) -> jax.Array:
-  """The layer, in the form for its channel counts (module docstring); with `nearest`, over the
-  input upsampled 2x (nearest neighbour), and with `pool`, followed by 2x2 max pooling
-  (`pooling.max_pool`). A thin layer takes either inside its loop (`few_outputs_upsampled`,
-  `few_inputs_pooled`), so the full-size tensor never leaves the cache."""
+  """The layer, in the form for its channel counts and height (module docstring); with
+  `nearest`, over the input upsampled 2x (nearest neighbour), and with `pool`, followed by 2x2
+  max pooling (`pooling.max_pool`). A thin layer takes either inside its loop
+  (`few_outputs_upsampled`, `few_inputs_pooled`)."""
   c, o = kernel.shape[2:]
   if min(c, o) < THIN_CHANNELS:
     if c <= o and pool and not nearest:
@@ -66,7 +78,7 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
   y = _upsample(x) if nearest else x
   if min(c, o) < THIN_CHANNELS:
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
-  elif y.shape[1] >= 8 * (kernel.shape[0] - 1):
+  elif y.shape[1] >= STACKED_ROWS_FROM * (kernel.shape[0] - 1):
     y = _lax_forward(y, kernel)
   else:
     y = lax_conv(y, kernel, (kernel.shape[0] - 1) // 2)

@@ -274,11 +274,11 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
 # `arch=public2024`; the `paper` networks have none): `auto` (`same_conv_form`), `chunked`,
 # `lax`, `shift`, `rows` or `patch` (see `same_conv`). `chunked`, `lax` and `shift` keep no patch
 # copies for the backward pass, so the 12m update fits in host memory (the patch matrices were
-# 1.3-3.3 GB per layer at 1024 frames); `shift` is `lax` with the kernel gradient as k*k
-# products, 30% less time over the eight 12m layers on XLA:CPU than `lax`, and `chunked`
-# (`chunked_conv.conv`) builds patch matrices a few frames at a time for the kernel gradients
-# and the 3-channel image layers, 1.8x less time than `shift` over those layers.
-# `benchmark.conv_profile` times the forms per layer shape (docs/benchmarks.md).
+# 1.3-3.3 GB per layer at 1024 frames). `chunked` (`chunked_conv.conv`) runs the 3-channel image
+# layers, with their stage's pooling or upsampling, as patch products built a few frames at a
+# time, and the 32x32 layers' kernel gradients as well; over the eight 12m layers it took 0.48x
+# `shift`'s time with XLA:CPU's convolutions in YNNPACK, and 2.30 s against `lax`'s 2.63 s with
+# them in Eigen (`dreamerjax.CPU_XLA_FLAGS`; `benchmark.conv_profile`, docs/benchmarks.md).
 SAME_CONV = 'auto'
 
 
