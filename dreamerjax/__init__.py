@@ -12,8 +12,8 @@ import os
 # - Convolutions in XLA's own (Eigen) kernels rather than YNNPACK's: the 5x5 stride-1 layers of
 #   `arch=public2024` run 1.5-1.8x faster forward and input gradient there (32x32, 32 -> 48:
 #   0.394 -> 0.215 s forward, 0.372 -> 0.250 s input gradient over 1024 frames), and the 12m
-#   image update 6.35 -> 5.58 s (docs/benchmarks.md). Products stay in YNNPACK. Older jax has no
-#   YNNPACK and refuses the flag (`OLDER_JAX_DROPS`).
+#   image update 7.2-8.4 -> 5.2-5.5 s per call (docs/benchmarks.md). Products stay in YNNPACK.
+#   Older jax has no YNNPACK and refuses the flag (`OLDER_JAX_DROPS`).
 CPU_XLA_FLAGS = {'xla_cpu_enable_concurrency_optimized_scheduler': 'false',
                  'xla_cpu_experimental_ynn_fusion_type': '-individual_convolution'}
 OLDER_JAX_DROPS = ('xla_cpu_experimental_ynn_fusion_type',)

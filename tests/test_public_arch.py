@@ -185,9 +185,9 @@ def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   assert row['equal_architecture']['scratch_ratio'] == 1.0
 
 
-def test_the_public_side_gets_every_flag_its_older_jax_accepts():
-  """The public code's jax 0.4.33 aborts on a flag it does not know (YNNPACK's); every other
-  flag, dreamerjax's scheduler flag included, reaches both sides alike."""
+def test_the_public_side_gets_only_flags_its_older_jax_accepts():
+  """The public code's jax 0.4.33 aborts on a flag it does not know (YNNPACK's); the others
+  pass through."""
   from dreamerjax.analysis import public_harness
   ours = os.environ['XLA_FLAGS']
   assert '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution' in ours.split()

@@ -83,8 +83,9 @@ def _record(command: list[str], env: dict | None = None, timeout: float = 3600) 
 
 def older_jax_flags(flags: str) -> str:
   """`XLA_FLAGS` less the ones the public code's jax 0.4.33 refuses (`dreamerjax.OLDER_JAX_DROPS`:
-  YNNPACK's, a library that jax lacks; its convolutions run in Eigen as ours do). The rest, the
-  scheduler flag included, reach both sides alike."""
+  YNNPACK's, a library that jax lacks; its convolutions run in Eigen as ours do). The public
+  code then replaces `XLA_FLAGS` with its own list (`embodied/jax/internal.py`: on CPU, flags for
+  GPUs only); its record holds the flags it ran with (`xla_flags`)."""
   return ' '.join(flag for flag in flags.split()
                   if flag.lstrip('-').split('=')[0] not in dreamerjax.OLDER_JAX_DROPS)
 
