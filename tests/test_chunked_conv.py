@@ -115,7 +115,7 @@ def test_default_same_conv_runs_thin_layers_without_lax_conv():
 
 
 def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
-  """Over 8 devices `auto` is `shift`, whose gradient keeps the frames where they are: `chunked`
+  """Over 8 devices `auto` is `lax`, whose gradient keeps the frames where they are: `chunked`
   would gather every frame onto every device (its loop runs over the frames)."""
   out = run_with_devices("""
       import jax, jax.numpy as jnp, numpy as np
@@ -131,7 +131,7 @@ def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
       print(nets.same_conv_form(), gathers('auto'), gathers('chunked'))
   """)
   form, auto, chunked = out.split()
-  assert form == 'shift' and int(auto) == 0 and int(chunked) > 0
+  assert form == 'lax' and int(auto) == 0 and int(chunked) > 0
 
 
 def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):

@@ -49,3 +49,17 @@ def test_unpool_is_the_transpose_of_gathering_the_maxima():
 def test_odd_sizes_are_refused_with_what_to_change():
   with pytest.raises(ValueError, match='even height and width, got 5x4'):
     pooling.max_pool(jnp.zeros((1, 5, 4, 2)))
+
+
+def test_upsample_and_its_gradient_the_window_sums():
+  x = jnp.arange(8.).reshape(1, 2, 2, 2)
+  up = pooling.upsample(x)
+  np.testing.assert_array_equal(up[0, :, :, 0], [[0, 0, 2, 2], [0, 0, 2, 2],
+                                                 [4, 4, 6, 6], [4, 4, 6, 6]])
+  g = jax.random.normal(jax.random.key(5), (3, 4, 6, 2))
+  got = jax.jit(lambda g: jax.vjp(pooling.upsample, jnp.zeros((3, 2, 3, 2)))[1](g)[0])(g)
+  repeat = lambda x: jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)  # noqa: E731
+  want = jax.vjp(repeat, jnp.zeros((3, 2, 3, 2)))[1](g)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(pooling.sum_pool(g), g.reshape(3, 2, 2, 3, 2, 2).sum((2, 4)),
+                             rtol=1e-6)

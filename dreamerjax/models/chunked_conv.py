@@ -75,7 +75,7 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
       return few_inputs_pooled(x, kernel)
     if c > o and nearest and not pool:
       return few_outputs_upsampled(x, kernel)
-  y = _upsample(x) if nearest else x
+  y = pooling.upsample(x) if nearest else x
   if min(c, o) < THIN_CHANNELS:
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
   elif y.shape[1] >= STACKED_ROWS_FROM * (kernel.shape[0] - 1):
@@ -297,40 +297,12 @@ def _few_inputs_pooled_bwd(residuals, g):
 few_inputs_pooled.defvjp(_few_inputs_pooled_fwd, _few_inputs_pooled_bwd)
 
 
-@jax.custom_vjp
-def _upsample(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour 2x upsampling, `[N, H, W, C]` -> `[N, 2 H, 2 W, C]`. Its gradient, the
-  2x2 sum of the next layer's input gradient, is kept out of that convolution's fusion: XLA:CPU
-  fused a reduction and the convolution into one YNNPACK fusion, which ran the convolution at
-  about half the speed of Eigen's (12m decoder: 0.39 s for the 32x32 layer's)."""
-  return jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
-
-
-def _upsample_fwd(x):
-  return _upsample(x), None
-
-
-def _upsample_bwd(_, g):
-  # The four strided views added, rather than a reduction: a reduction was fused into the
-  # convolution that makes g (in YNNPACK).
-  return (g[:, 0::2, 0::2] + g[:, 0::2, 1::2] + g[:, 1::2, 0::2] + g[:, 1::2, 1::2],)
-
-
-_upsample.defvjp(_upsample_fwd, _upsample_bwd)
-
-
-def _sum_pool(z: jax.Array) -> jax.Array:
-  """The transpose of `_upsample`: `[N, 2 H, 2 W, C]` -> `[N, H, W, C]`, each 2x2 window summed."""
-  n, h, w, c = z.shape
-  return z.reshape(n, h // 2, 2, w // 2, 2, c).sum((2, 4))
-
-
 def _few_outputs_forward(x: jax.Array, kernel: jax.Array, nearest: bool) -> jax.Array:
-  """`few_outputs` of `x`, or of `_upsample(x)` with `nearest`: the product `x @ taps` runs at
-  the input's resolution either way (upsampling commutes with it)."""
+  """`few_outputs` of `x`, or of `pooling.upsample(x)` with `nearest`: the product `x @ taps`
+  runs at the input's resolution either way (upsampling commutes with it)."""
   k, _, c, o = kernel.shape
   taps = kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o).astype(x.dtype)
-  grow = _upsample if nearest else (lambda z: z)
+  grow = pooling.upsample if nearest else (lambda z: z)
   rows = THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
   y = jax.lax.map(lambda chunk: _window_sum(grow(chunk @ taps), k, o), _chunks(x, rows))
   scale = 2 if nearest else 1
@@ -349,7 +321,7 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: b
   def both(x, g):
     patches = _patches(g, k)
     if nearest:
-      patches = _sum_pool(patches.reshape(*g.shape[:3], -1)).reshape(-1, k * k * o)
+      patches = pooling.sum_pool(patches.reshape(*g.shape[:3], -1)).reshape(-1, k * k * o)
     return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
 
   total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), rows)
@@ -375,8 +347,8 @@ few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)
 
 @jax.custom_vjp
 def few_outputs_upsampled(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """`few_outputs(_upsample(x), kernel)` without the upsampled input: the product at the input's
-  resolution, its k k O columns upsampled inside the loop. 1/4 of the multiply-adds."""
+  """`few_outputs(pooling.upsample(x), kernel)` without the upsampled input: the product at the
+  input's resolution, its k k O columns upsampled inside the loop. 1/4 of the multiply-adds."""
   return _few_outputs_forward(x, kernel, nearest=True)
 
 

@@ -277,17 +277,20 @@ def patch_conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Ar
 # 1.3-3.3 GB per layer at 1024 frames). `chunked` (`chunked_conv.conv`) runs the 3-channel image
 # layers, with their stage's pooling or upsampling, as patch products built a few frames at a
 # time, and the 32x32 layers' kernel gradients as well; over the eight 12m layers it took 0.48x
-# `shift`'s time with XLA:CPU's convolutions in YNNPACK, and 2.30 s against `lax`'s 2.63 s with
-# them in Eigen (`dreamerjax.CPU_XLA_FLAGS`; `benchmark.conv_profile`, docs/benchmarks.md).
+# `shift`'s time with XLA:CPU's convolutions in YNNPACK, and 2.19 s against `lax`'s 2.69 s and
+# `shift`'s 4.67 s with them in Eigen (`dreamerjax.CPU_XLA_FLAGS`; `benchmark.conv_profile`,
+# benchmarks/conv_profile_12m_eigen.json).
 SAME_CONV = 'auto'
 
 
 def same_conv_form() -> str:
-  """The form `auto` stands for: `chunked` on one CPU device, where it was timed; `shift`
-  elsewhere. `chunked` loops over the frames, which a batch sharded over devices splits: XLA
-  would gather every frame onto every device (tests/test_chunked_conv.py), and on accelerators
-  the forms have not been timed against each other."""
-  return 'chunked' if jax.default_backend() == 'cpu' and jax.device_count() == 1 else 'shift'
+  """The form `auto` stands for: `chunked` on one CPU device, `lax` elsewhere. `chunked` loops
+  over the frames, which a batch sharded over devices splits: XLA would gather every frame onto
+  every device (tests/test_chunked_conv.py). `lax` is the accelerators' own convolution (the
+  forms have not been timed against each other there); on CPU, over the eight 12m layers on one
+  device, it took 2.69 s against `shift`'s 4.67 s with the convolutions in Eigen
+  (`benchmarks/conv_profile_12m_eigen.json`)."""
+  return 'chunked' if jax.default_backend() == 'cpu' and jax.device_count() == 1 else 'lax'
 
 
 def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax', nearest: bool = False,
@@ -309,7 +312,7 @@ def same_conv(x: jax.Array, kernel: jax.Array, impl: str = 'lax', nearest: bool 
   if impl == 'chunked':
     return chunked_conv.conv(x, kernel, nearest, pool)
   if nearest:
-    x = jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+    x = pooling.upsample(x)
   if pool:
     return pooling.max_pool(same_conv(x, kernel, impl))
   if impl == 'lax':
