@@ -321,7 +321,9 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: b
   def both(x, g):
     patches = _patches(g, k)
     if nearest:
-      patches = pooling.sum_pool(patches.reshape(*g.shape[:3], -1)).reshape(-1, k * k * o)
+      # Each 2x2 window of patch rows summed, as a reduction: no convolution to fuse with here.
+      f, h, w = g.shape[:3]
+      patches = patches.reshape(f, h // 2, 2, w // 2, 2, -1).sum((2, 4)).reshape(-1, k * k * o)
     return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
 
   total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), rows)
