@@ -33,6 +33,8 @@ with `lax.conv_general_dilated` (and autodiff pooling) to float tolerance, gradi
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -330,37 +332,28 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: b
   return dx.reshape(x.shape), _from_g_patches(total, k).astype(kernel.dtype)
 
 
-@jax.custom_vjp
-def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  return _few_outputs_forward(x, kernel, nearest=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _few_outputs(x: jax.Array, kernel: jax.Array, nearest: bool) -> jax.Array:
+  return _few_outputs_forward(x, kernel, nearest)
 
 
-def _few_outputs_fwd(x, kernel):
-  return few_outputs(x, kernel), (x, kernel)
+def _few_outputs_fwd(x, kernel, nearest):
+  return _few_outputs(x, kernel, nearest), (x, kernel)
 
 
-def _few_outputs_bwd(residuals, g):
+def _few_outputs_bwd(nearest, residuals, g):
   x, kernel = residuals
-  return _few_outputs_grads(x, kernel, g, nearest=False)
+  return _few_outputs_grads(x, kernel, g, nearest)
 
 
-few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)
+_few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)
 
 
-@jax.custom_vjp
+def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return _few_outputs(x, kernel, False)
+
+
 def few_outputs_upsampled(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`few_outputs(pooling.upsample(x), kernel)` without the upsampled input: the product at the
   input's resolution, its k k O columns upsampled inside the loop. 1/4 of the multiply-adds."""
-  return _few_outputs_forward(x, kernel, nearest=True)
-
-
-def _few_outputs_upsampled_fwd(x, kernel):
-  return few_outputs_upsampled(x, kernel), (x, kernel)
-
-
-def _few_outputs_upsampled_bwd(residuals, g):
-  x, kernel = residuals
-  return _few_outputs_grads(x, kernel, g, nearest=True)
-
-
-few_outputs_upsampled.defvjp(_few_outputs_upsampled_fwd, _few_outputs_upsampled_bwd)
+  return _few_outputs(x, kernel, True)
