@@ -146,6 +146,19 @@ def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
       want = values_and_grads(lax_conv, xs[seed], kernels[seed], gs[seed])
       for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a[seed], b, atol=2e-4, rtol=1e-5)
+  # The image layers with their stage: the encoder's pool, the decoder's upsampling.
+  stages = [(chunked_conv.few_inputs_pooled, lambda x, k: max_pool(lax_conv(x, k)), (3, 9)),
+            (chunked_conv.few_outputs_upsampled, lambda x, k: lax_conv(upsample(x), k), (9, 3))]
+  for ours, reference, (channels, outputs) in stages:
+    _, kernel, _ = random_layer(4, channels, outputs, 5)
+    x = jax.random.normal(jax.random.key(6), (4, 6, 4, channels))  # even sizes for the pool
+    xs, kernels = jnp.stack([x, 2.0 * x]), jnp.stack([kernel, -kernel])
+    gs = jax.random.normal(jax.random.key(7), jax.vmap(reference)(xs, kernels).shape)
+    got = jax.vmap(functools.partial(values_and_grads, ours))(xs, kernels, gs)
+    for seed in range(2):
+      want = values_and_grads(reference, xs[seed], kernels[seed], gs[seed])
+      for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a[seed], b, atol=2e-4, rtol=1e-5)
 
 
 def upsample(x):
