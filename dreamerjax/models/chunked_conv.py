@@ -72,13 +72,13 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
   max pooling (`pooling.max_pool`). A thin layer takes either inside its loop
   (`few_outputs_upsampled`, `few_inputs_pooled`)."""
   c, o = kernel.shape[2:]
-  if min(c, o) < THIN_CHANNELS:
-    if c <= o and pool and not nearest:
-      return few_inputs_pooled(x, kernel)
-    if c > o and nearest and not pool:
-      return few_outputs_upsampled(x, kernel)
+  thin = min(c, o) < THIN_CHANNELS
+  if thin and c <= o and pool and not nearest:
+    return few_inputs_pooled(x, kernel)
+  if thin and c > o and nearest and not pool:
+    return few_outputs_upsampled(x, kernel)
   y = pooling.upsample(x) if nearest else x
-  if min(c, o) < THIN_CHANNELS:
+  if thin:
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
   elif y.shape[1] >= STACKED_ROWS_FROM * (kernel.shape[0] - 1):
     y = _lax_forward(y, kernel)
@@ -146,6 +146,25 @@ def _window_sum(z: jax.Array, k: int, outputs: int) -> jax.Array:
 def _flipped(kernel: jax.Array) -> jax.Array:
   """The kernel of the input gradient: offsets reversed, inputs and outputs swapped."""
   return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _patch_matrix(kernel: jax.Array, dtype) -> jax.Array:
+  """`[k, k, C, O]` -> `[k k C, O]`, the rows in `_patches`' order: `patches(x) @ it` is the
+  layer."""
+  k, _, c, o = kernel.shape
+  return kernel.reshape(k * k * c, o).astype(dtype)
+
+
+def _tap_matrix(kernel: jax.Array, dtype) -> jax.Array:
+  """`[k, k, C, O]` -> `[C, k k O]`: `_window_sum(x @ it)` is the layer (`few_outputs`)."""
+  k, _, c, o = kernel.shape
+  return kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o).astype(dtype)
+
+
+def _thin_rows(nearest: bool) -> int:
+  """Input pixels per chunk of a thin layer: a quarter with `nearest`, so that the upsampled
+  chunk has `THIN_CHUNK_ROWS`."""
+  return THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
 
 
 def _products(fn, x: jax.Array, g: jax.Array, shape: tuple, rows: int, *more: jax.Array):
@@ -239,8 +258,8 @@ _lax_forward.defvjp(_lax_forward_fwd, _lax_forward_bwd)
 
 @jax.custom_vjp
 def few_inputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  k, _, c, o = kernel.shape
-  matrix = kernel.reshape(k * k * c, o).astype(x.dtype)
+  k, o = kernel.shape[0], kernel.shape[-1]
+  matrix = _patch_matrix(kernel, x.dtype)
   y = jax.lax.map(lambda chunk: _patches(chunk, k) @ matrix, _chunks(x, THIN_CHUNK_ROWS))
   return y.reshape(*x.shape[:3], o)
 
@@ -268,8 +287,8 @@ def few_inputs_pooled(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _few_inputs_pooled_fwd(x, kernel):
-  k, _, c, o = kernel.shape
-  matrix = kernel.reshape(k * k * c, o).astype(x.dtype)
+  k, o = kernel.shape[0], kernel.shape[-1]
+  matrix = _patch_matrix(kernel, x.dtype)
 
   def chunk(frames):
     f, h, w, _ = frames.shape
@@ -283,7 +302,7 @@ def _few_inputs_pooled_fwd(x, kernel):
 def _few_inputs_pooled_bwd(residuals, g):
   x, kernel, index = residuals
   k, _, c, o = kernel.shape
-  flipped = _flipped(kernel).transpose(2, 0, 1, 3).reshape(o, k * k * c).astype(x.dtype)
+  flipped = _tap_matrix(_flipped(kernel), x.dtype)
 
   def products(x, g, index):
     full = pooling.unpool(g, index)
@@ -302,11 +321,11 @@ few_inputs_pooled.defvjp(_few_inputs_pooled_fwd, _few_inputs_pooled_bwd)
 def _few_outputs_forward(x: jax.Array, kernel: jax.Array, nearest: bool) -> jax.Array:
   """`few_outputs` of `x`, or of `pooling.upsample(x)` with `nearest`: the product `x @ taps`
   runs at the input's resolution either way (upsampling commutes with it)."""
-  k, _, c, o = kernel.shape
-  taps = kernel.transpose(2, 0, 1, 3).reshape(c, k * k * o).astype(x.dtype)
+  k, o = kernel.shape[0], kernel.shape[-1]
+  taps = _tap_matrix(kernel, x.dtype)
   grow = pooling.upsample if nearest else (lambda z: z)
-  rows = THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
-  y = jax.lax.map(lambda chunk: _window_sum(grow(chunk @ taps), k, o), _chunks(x, rows))
+  y = jax.lax.map(lambda chunk: _window_sum(grow(chunk @ taps), k, o),
+                  _chunks(x, _thin_rows(nearest)))
   scale = 2 if nearest else 1
   return y.reshape(x.shape[0], scale * x.shape[1], scale * x.shape[2], o)
 
@@ -317,8 +336,7 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: b
   reads too; with `nearest`, both read that matrix summed over each 2x2 window (the transpose of
   the upsampling), at the input's resolution."""
   k, _, c, o = kernel.shape
-  flipped = _flipped(kernel).reshape(k * k * o, c).astype(x.dtype)
-  rows = THIN_CHUNK_ROWS // 4 if nearest else THIN_CHUNK_ROWS
+  flipped = _patch_matrix(_flipped(kernel), x.dtype)
 
   def both(x, g):
     patches = _patches(g, k)
@@ -328,7 +346,7 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, nearest: b
       patches = patches.reshape(f, h // 2, 2, w // 2, 2, -1).sum((2, 4)).reshape(-1, k * k * o)
     return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
 
-  total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), rows)
+  total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), _thin_rows(nearest))
   return dx.reshape(x.shape), _from_g_patches(total, k).astype(kernel.dtype)
 
 

@@ -59,16 +59,12 @@ def max_pool(x: jax.Array) -> jax.Array:
   return pool_with_index(x)[0]
 
 
-def _max_pool_fwd(x):
-  pooled, index = pool_with_index(x)
-  return pooled, index
-
-
 def _max_pool_bwd(index, g):
   return (unpool(g, index),)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+# The forward rule is `pool_with_index`: the output and, as the residual, the positions.
+max_pool.defvjp(pool_with_index, _max_pool_bwd)
 
 
 def sum_pool(z: jax.Array) -> jax.Array:
