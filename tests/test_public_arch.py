@@ -136,6 +136,27 @@ def test_counted_flops_include_convolutions_and_skip_dead_code():
   assert flops.matmul_flops(f, x, kernel) == 2 * (2 * 8 * 8 * 4) * (5 * 5 * 3)
 
 
+def test_work_flops_count_the_direct_form_and_the_public_codes_repeated_policy_pass(
+    monkeypatch):
+  # Ours: the chunked form runs an upsampled layer with 3 outputs (the decoder's image layer) at
+  # its input's resolution; its work counts the direct form, 2 x (2 x 8 x 8 x 3) x (5 x 5 x 8).
+  monkeypatch.setattr(nets, 'SAME_CONV', 'chunked')
+  layer = lambda x, k: nets.same_conv(x, k, nets.SAME_CONV, nearest=True)  # noqa: E731
+  x, kernel = jnp.ones((2, 4, 4, 8)), jnp.ones((5, 5, 8, 3))
+  assert flops.matmul_flops(layer, x, kernel) == 153_600 / 4
+  assert benchmark.direct_form_flops(layer, x, kernel) == 153_600  # the same function object
+  assert nets.SAME_CONV == 'chunked'
+  # The public code's actor loss runs the policy again over the states its imagination loop ran
+  # it on; by scope, its forward pass is the repeat and its gradient is not.
+  from dreamerjax.analysis import public_driver
+  counts = {'opt/jvp(dyn)/scan/dyn/pol/mlp/linear0': 20.0, 'opt/jvp(pol)/mlp/linear0': 23.0,
+            'opt/jvp(pol)/head/action/action/logits': 1.0, 'opt/jvp(val)/mlp/linear0': 23.0,
+            'opt/transpose(opt)/jvp(pol)/mlp/linear0': 21.0}
+  assert public_driver.repeated_policy_flops(counts) == 24.0
+  del counts['opt/jvp(dyn)/scan/dyn/pol/mlp/linear0']  # no policy in the loop: no repeat
+  assert public_driver.repeated_policy_flops(counts) == 0.0
+
+
 def test_conv_layers_and_their_timings_at_a_tiny_width():
   from dreamerjax.analysis import conv_timing
   shapes = conv_timing.conv_shapes(1)
@@ -179,6 +200,14 @@ def test_side_record_times_a_fresh_trace_and_summarize_carries_it():
   assert row['sides']['public2024']['lower_s'] == record['lower_s']
   assert row['sides']['public2024']['step_sys_s_median'] == record['step_sys_s_calls'][0]
   assert row['equal_architecture']['compile_ratio'] == 1.0
+  # Work FLOPs decide equal work: no convolution here, so they are the counted FLOPs; a public
+  # side with 10% more work (its counted FLOPs unchanged) is not equal work.
+  assert record['work_flops'] == record['counted_flops']
+  assert row['equal_architecture']['work_flops_ratio'] == 1.0
+  assert row['equal_architecture']['equal_work']
+  records[0] = {**records[0], 'work_flops': 1.1 * record['work_flops']}
+  pair = public_harness.summarize(records)['rows'][0]['equal_architecture']
+  assert pair['counted_flops_ratio'] == 1.0 and not pair['equal_work']
   # The scratch buffer a call allocates: more than the batch's 2 x 8 vectors of 17 floats, less
   # than a gigabyte at this size; both sides are the same record here, so the ratio is 1.
   assert 2 * 8 * 17 * 4 < record['scratch_bytes'] < 1e9
