@@ -28,7 +28,7 @@ PARTS = {'encoder': 'enc/', 'dynamics': 'dyn/', 'decoder': 'dec/', 'reward': 're
          'continue': 'con/', 'actor': 'pol/', 'critic': 'val/'}
 # The actor loss runs the policy forward again (`opt/jvp(pol)/...`) over the imagined states the
 # imagination loop already ran it on to draw the actions (`.../scan/dyn/pol/...`); dreamerjax
-# keeps the loop's outputs instead. Those FLOPs are work only this code does.
+# keeps the loop's outputs instead. Those FLOPs are work that only the public code does.
 REPEATED_POLICY, IMAGINED_POLICY = 'opt/jvp(pol)/', '/scan/dyn/pol/'
 
 
