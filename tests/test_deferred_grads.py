@@ -42,6 +42,15 @@ def loss(scan, step, params, carry, xs):
           jnp.sum(last['deter'].astype(jnp.float32)))
 
 
+def assert_sums_close(expected, got):
+  """Gradients that are the same sums added in another order (the weight gradients after the
+  loop, the input gradients from transposed kernels): the rounding error of a sum scales with its
+  largest terms, so the absolute tolerance with each array's largest value."""
+  def close(e, g):
+    np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6 * max(1.0, float(np.max(np.abs(e)))))
+  jax.tree.map(close, expected, got)
+
+
 def gradients(scan, step, params, carry, xs):
   return jax.jit(jax.grad(lambda p, c, e: loss(scan, step, p, c, (e, *xs[1:])), (0, 1, 2)))(
       params, carry, xs[0])
@@ -60,7 +69,28 @@ def test_values_and_gradients_equal_those_of_lax_scan(latent, bias):
   got = gradients(deferred_grads.scan, step, params, carry, xs)
   # Every weight has a gradient, and the sums differ only in their order of addition.
   assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(got[0]['params']['gru_gates']))
-  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), expected, got)
+  assert_sums_close(expected, got)
+
+
+@pytest.mark.parametrize('rows,shared,blocks_major', [(6, True, False), (6, False, False),
+                                                      (3, False, True), (6, False, True)])
+def test_block_linear_input_grads_equal_autodiff(rows, shared, blocks_major):
+  """`BlockLinear.input_grads` from `transposed_kernel` against autodiff of the layer, with 3
+  rows as many as the blocks (a layout mix-up of blocks and rows would show there)."""
+  layer = nets.BlockLinear(features=12, blocks=3)
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], (rows, 9))
+  extra = jax.random.normal(keys[1], (rows, 5)) if shared else None
+  params = layer.init(keys[2], x, extra, blocks_major)['params']
+  apply = lambda *a: layer.apply({'params': params}, *a, blocks_major=blocks_major)  # noqa: E731
+  arrays = (x, extra) if shared else (x,)
+  out, vjp = jax.vjp(apply, *arrays)
+  g = jax.random.normal(keys[3], out.shape)
+  transposed = layer.transposed_kernel(params['kernel'], 9)
+  got = layer.input_grads(transposed, g, *arrays, blocks_major=blocks_major)
+  assert len(got) == len(arrays)
+  jax.tree.map(lambda e, a: np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6), list(vjp(g)),
+               got)
 
 
 def test_gradients_under_vmap():
@@ -71,7 +101,7 @@ def test_gradients_under_vmap():
     return jax.vmap(lambda p: gradients(scan, step, p, carry, xs)[0])(params2)
 
   expected, got = batched(plain_scan), batched(deferred_grads.scan)
-  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), expected, got)
+  assert_sums_close(expected, got)
 
 
 def test_gradients_in_bfloat16_agree_as_a_whole():
@@ -111,7 +141,7 @@ def test_a_module_applied_with_other_parameters_is_left_as_it_is():
 
   expected = gradients(plain_scan, with_readout, params, carry, xs)
   got = gradients(deferred_grads.scan, with_readout, params, carry, xs)
-  jax.tree.map(lambda e, g: np.testing.assert_allclose(g, e, rtol=2e-5, atol=2e-6), expected, got)
+  assert_sums_close(expected, got)
 
 
 def recorded_in_a_loop(head, params, xs):

@@ -18,6 +18,12 @@ loop as constants. After the loop, `jax.vjp` of the layer's own `apply`, `vmap`p
 turns the stacked inputs and output gradients into its parameter gradients: every row in one
 product. Other parameters (norm scales) keep their per-step accumulation.
 
+The backward loop's products by those constant weights (each layer's input gradient) read the
+weights transposed; XLA:CPU's products are slower that way, the more so with few rows. Each
+layer's kernel is transposed once before the loop (`_transposed`) and its input gradient is taken
+from that copy (`_fixed_linear`): the 12m world-model gradient (vector) in 503 ms instead of
+580 (docs/benchmarks.md).
+
   scan(step, params, carry, xs) == lax.scan(lambda c, x: step(params, c, x), carry, xs)
 
 `step(params, carry, x) -> (carry, y)` applies Flax modules with `params` (a variables dict,
@@ -49,12 +55,16 @@ class _Layer:
   treedef: Any
   statics: dict[int, Any]     # leaf index -> a leaf that is not an array (e.g. `blocks_major`)
   output: jax.ShapeDtypeStruct
+  inputs: list[jax.ShapeDtypeStruct]
 
-  def call(self, params, arrays):
+  def arguments(self, arrays) -> tuple[tuple, dict]:
     arrays = iter(arrays)
     leaves = [self.statics[i] if i in self.statics else next(arrays)
               for i in range(self.treedef.num_leaves)]
-    args, kwargs = jax.tree.unflatten(self.treedef, leaves)
+    return jax.tree.unflatten(self.treedef, leaves)
+
+  def call(self, params, arrays):
+    args, kwargs = self.arguments(arrays)
     return self.module.apply({'params': params}, *args, **kwargs)
 
 
@@ -71,8 +81,9 @@ class _Taps:
   Only layers whose parameters are among `params` (the very arrays `scan` was given) are
   tapped; a module applied with other parameters inside the step runs as it is."""
 
-  def __init__(self, params: dict, zeros: dict | None = None):
+  def __init__(self, params: dict, zeros: dict | None = None, fixed: dict | None = None):
     self.zeros, self.inputs, self.layers = zeros, {}, {}
+    self.fixed = fixed or {}  # path -> (layer, its `_transposed` kernels): see `_fixed_linear`
     self.owned = {id(leaf) for leaf in jax.tree.leaves(params)}
 
   def __call__(self, next_fun, args, kwargs, context):
@@ -89,10 +100,51 @@ class _Taps:
     leaves, treedef = jax.tree.flatten((args, kwargs))
     self.inputs[path] = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
     statics = {i: leaf for i, leaf in enumerate(leaves) if not isinstance(leaf, jax.Array)}
-    out = next_fun(*args, **kwargs)
+    if path in self.fixed:
+      layer, transposed = self.fixed[path]
+      out = _fixed_linear(_Static(layer), module.variables['params'], transposed,
+                          self.inputs[path])
+    else:
+      out = next_fun(*args, **kwargs)
     self.layers[path] = _Layer(module.clone(parent=None), treedef, statics,
-                               jax.ShapeDtypeStruct(out.shape, out.dtype))
+                               jax.ShapeDtypeStruct(out.shape, out.dtype),
+                               [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in self.inputs[path]])
     return out if self.zeros is None else out + self.zeros[path]
+
+
+def _transposed(layer: _Layer, params: dict) -> dict:
+  """The kernel of a linear layer laid out for `_input_grads`."""
+  if isinstance(layer.module, nn.Dense):
+    kernel = params['kernel']
+    return {'kernel': kernel.T.astype(layer.module.dtype or kernel.dtype)}
+  return layer.module.transposed_kernel(params['kernel'], layer.inputs[0].shape[-1])
+
+
+def _input_grads(layer: _Layer, transposed: dict, g: jax.Array) -> list[jax.Array]:
+  """The gradients of a linear layer's array arguments at its output gradient `g`."""
+  if isinstance(layer.module, nn.Dense):
+    (x,) = layer.inputs
+    return [(g.astype(transposed['kernel'].dtype) @ transposed['kernel']).astype(x.dtype)]
+  args, kwargs = layer.arguments(layer.inputs)
+  return layer.module.input_grads(transposed, g, *args, **kwargs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fixed_linear(layer: _Static, params, transposed, arrays):
+  """A linear layer applied inside the loop with parameters that are not differentiated there,
+  its input gradient taken from `transposed` (`_transposed(layer, params)`)."""
+  return layer.value.call(params, arrays)
+
+
+def _fixed_linear_fwd(layer, params, transposed, arrays):
+  return layer.value.call(params, arrays), transposed
+
+
+def _fixed_linear_bwd(layer, transposed, g):
+  return None, None, _input_grads(layer.value, transposed, g)
+
+
+_fixed_linear.defvjp(_fixed_linear_fwd, _fixed_linear_bwd)
 
 
 def _split(params: dict, paths) -> tuple[dict, dict]:
@@ -136,11 +188,16 @@ def _scan_fwd(step, params, carry, xs):
   zeros = {path: jnp.zeros((length, *layer.output.shape), layer.output.dtype)
            for path, layer in layers.items()}
 
+  # Transposed once here, outside the loop; the barrier keeps XLA from folding the transpose
+  # into the backward loop's products again.
+  fixed = {path: (layer, jax.lax.optimization_barrier(_transposed(layer, linear[path])))
+           for path, layer in layers.items()}
+
   def tapped(rest, zeros, carry, xs):
     def body(carry, inputs):
       x, zero = inputs
       joined = _join(linear, rest, params)
-      taps = _Taps(joined, zero)
+      taps = _Taps(joined, zero, fixed)
       with nn.intercept_methods(taps):
         carry, y = step(joined, carry, x)
       return carry, (y, jax.lax.stop_gradient(taps.inputs))

@@ -198,6 +198,34 @@ class BlockLinear(nn.Module):
       y = y + shared.reshape(-1, shared_size).astype(self.dtype) @ dense
     return y.reshape(*lead, self.features) + bias.astype(self.dtype)
 
+  def transposed_kernel(self, kernel: jax.Array, in_features: int) -> dict:
+    """`kernel [blocks, in / blocks + S, out / blocks]` laid out for `input_grads`: the block
+    part as `[blocks, out / blocks, in / blocks]` and the shared part as `[out, S]`, in the
+    compute dtype. Made once outside a loop that applies the layer with fixed parameters, so
+    that the loop's backward products read their weights in row order."""
+    size = in_features // self.blocks
+    parts = {'blocks': kernel[:, :size].transpose(0, 2, 1).astype(self.dtype)}
+    if kernel.shape[1] > size:
+      dense = kernel[:, size:].transpose(1, 0, 2).reshape(kernel.shape[1] - size, self.features)
+      parts['shared'] = dense.T.astype(self.dtype)
+    return parts
+
+  def input_grads(self, transposed: dict, g: jax.Array, x, shared=None,
+                  blocks_major=False) -> list[jax.Array]:
+    """The gradients of `x` (and of `shared`) at the output gradient `g`, from
+    `transposed_kernel`; `x` and `shared` need only shapes and dtypes, the call's others as in
+    `__call__`."""
+    blocks_t = transposed['blocks']
+    out_size = blocks_t.shape[1]
+    g = g.astype(self.dtype)
+    rows = g if blocks_major else g.reshape(-1, self.blocks, out_size).transpose(1, 0, 2)
+    dx = jnp.einsum('gno,goi->gni', rows, blocks_t).transpose(1, 0, 2)
+    grads = [dx.reshape(x.shape).astype(x.dtype)]
+    if shared is not None:
+      d_shared = g.reshape(-1, self.features) @ transposed['shared']
+      grads.append(d_shared.reshape(shared.shape).astype(shared.dtype))
+    return grads
+
 
 class Head(nn.Module):
   """MLP trunk followed by a linear output of `outputs` units (zero-initialized if `zero_init`)."""
