@@ -188,25 +188,32 @@ class BlockLinear(nn.Module):
     lead = x.shape[:-1]
     # Blocks leading ([g, N, i] x [g, i, o] -> [g, N, o]) so the product and its consumers keep
     # the rows contiguous; XLA's CPU layout for the '...gi,gio' form put the batch axis minor.
+    blocks, dense = self._kernel_parts(kernel, in_size)
     x = x.reshape(-1, self.blocks, in_size).astype(self.dtype).transpose(1, 0, 2)
-    y = jnp.einsum('gni,gio->gno', x, kernel[:, :in_size])
+    y = jnp.einsum('gni,gio->gno', x, blocks)
     if blocks_major:
       return y + bias.reshape(self.blocks, 1, out_size).astype(self.dtype)
     y = y.transpose(1, 0, 2).reshape(-1, self.features)
     if shared is not None:
-      dense = kernel[:, in_size:].transpose(1, 0, 2).reshape(shared_size, self.features)
       y = y + shared.reshape(-1, shared_size).astype(self.dtype) @ dense
     return y.reshape(*lead, self.features) + bias.astype(self.dtype)
+
+  def _kernel_parts(self, kernel: jax.Array, in_size: int) -> tuple[jax.Array, jax.Array | None]:
+    """The kernel's block part `[blocks, in / blocks, out / blocks]` and its shared part as one
+    dense `[S, out]` matrix (None without a shared input); `in_size` = in / blocks."""
+    blocks = kernel[:, :in_size]
+    if kernel.shape[1] == in_size:
+      return blocks, None
+    return blocks, kernel[:, in_size:].transpose(1, 0, 2).reshape(-1, self.features)
 
   def transposed_kernel(self, kernel: jax.Array, in_features: int) -> dict:
     """`kernel [blocks, in / blocks + S, out / blocks]` laid out for `input_grads`: the block
     part as `[blocks, out / blocks, in / blocks]` and the shared part as `[out, S]`, in the
     compute dtype. Made once outside a loop that applies the layer with fixed parameters, so
     that the loop's backward products read their weights in row order."""
-    size = in_features // self.blocks
-    parts = {'blocks': kernel[:, :size].transpose(0, 2, 1).astype(self.dtype)}
-    if kernel.shape[1] > size:
-      dense = kernel[:, size:].transpose(1, 0, 2).reshape(kernel.shape[1] - size, self.features)
+    blocks, dense = self._kernel_parts(kernel, in_features // self.blocks)
+    parts = {'blocks': blocks.transpose(0, 2, 1).astype(self.dtype)}
+    if dense is not None:
       parts['shared'] = dense.T.astype(self.dtype)
     return parts
 
