@@ -11,8 +11,8 @@ observation kind:
 - `paper`: dreamerjax's default networks (each side's own default).
 
 Each record holds parameters per part, XLA FLOPs (`cost_analysis`, loop bodies once), counted
-FLOPs (`flops.matmul_flops`, every loop step), work FLOPs (the counted ones less work that only
-one side does, `_pair`), compile seconds and each timed call's seconds;
+FLOPs (`flops.matmul_flops`, every loop step), work FLOPs (the same network's work counted alike
+on both sides, `_pair`), compile seconds and each timed call's seconds;
 `summarize` adds the ratios and the issue's targets as pass/fail fields, against the best f32
 matmul rate measured in the same run (`flops.matmul_peak`, in both runtimes).
 """
@@ -162,12 +162,12 @@ def _side(records: list[dict]) -> dict:
 def _pair(public: dict, ours: dict, peak: float, size: str) -> dict:
   """Ratios of ours against the public code and the targets, as pass/fail.
 
-  Equal work: parameters equal per part (1%) and work FLOPs within 5%. Work FLOPs are the counted
-  FLOPs less what one side computes that the other gets without computing: the public code's
-  second policy pass over the imagined states (`public_driver.repeated_policy_flops`), and on our
-  side the products that the decoder's image layer saves by running at its input's resolution
-  (`benchmark.direct_form_flops`). Achieved FLOP/s and the share of the peak count the FLOPs each
-  side runs (`counted_flops`)."""
+  Equal work: parameters equal per part (1%) and work FLOPs within 5%. Work FLOPs count the same
+  network's work alike on both sides: the public code's counted FLOPs less its second policy pass
+  over the imagined states (`public_driver.repeated_policy_flops`), and ours with the decoder's
+  image layer counted in its direct form, upsample then convolve, where we run it at its input's
+  resolution with 1/4 of its products (`benchmark.direct_form_flops`). Achieved FLOP/s and the
+  share of the peak count the FLOPs each side runs (`counted_flops`)."""
   part_error = {part: abs(ours['params_by_part'][part] / public['params_by_part'][part] - 1)
                 for part in PARTS if public['params_by_part'][part]}
   work_ratio = ours['work_flops'] / public['work_flops']
