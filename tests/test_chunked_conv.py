@@ -69,6 +69,23 @@ def test_stacked_rows_kernel_grad(monkeypatch, frames, channels, outputs, k, hei
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize('frames,channels,outputs,k', [(3, 8, 9, 5), (2, 9, 8, 3), (4, 8, 8, 1)])
+def test_lax_kernel_grad_equals_autodiff(monkeypatch, frames, channels, outputs, k):
+  """Wide layers below `STACKED_ROWS_FROM` rows take the kernel gradient as a convolution of g by
+  x (`lax_kernel_grad`); frames of 6x5 pixels, so that a swap of the two axes or a tap read at
+  the unflipped offset shows."""
+  monkeypatch.setattr(chunked_conv, 'STACKED_ROWS_FROM', 100)
+  x, kernel, g = random_layer(frames, channels, outputs, k)
+  want = values_and_grads(lax_conv, x, kernel, g)
+  np.testing.assert_allclose(chunked_conv.lax_kernel_grad(x, g, k), want[2], atol=5e-5, rtol=1e-5)
+  got = values_and_grads(chunked_conv.conv, x, kernel, g)
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5, err_msg=name)
+  bf16 = chunked_conv.lax_kernel_grad(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16), k)
+  assert bf16.dtype == jnp.float32
+  np.testing.assert_allclose(bf16, want[2], rtol=0.05, atol=0.5)
+
+
 def test_a_tap_lands_where_lax_puts_it():
   """One input pixel and one kernel tap, by hand: through tap (a, b) of a 3x3 kernel, output
   (i, j) reads input (i + a - 1, j + b - 1)."""

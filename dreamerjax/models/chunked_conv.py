@@ -15,12 +15,15 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
   conv(x, kernel, nearest, pool)  the layer, `nearest` 2x upsampling before it and `pool` 2x2
                            max pooling after it: `few_inputs(_pooled)` or
                            `few_outputs(_upsampled)` when one side has fewer than
-                           `THIN_CHANNELS` channels; else `lax_conv`, differentiated with
-                           `kernel_grad` from `STACKED_ROWS_FROM` (k-1) rows, by autodiff below.
+                           `THIN_CHANNELS` channels; else `lax_conv`, its kernel gradient by
+                           `kernel_grad` from `STACKED_ROWS_FROM` (k-1) rows, by
+                           `lax_kernel_grad` below.
   kernel_grad(x, g, k)     `d kernel`: for wide layers of at least 4 (k-1) rows, one product
                            per kernel row over k column shifts of the frames stacked into one
                            tall image; else x.T @ patches(g) or patches(x).T @ g, whichever
                            patch matrix is narrower (k*k*O or k*k*C columns).
+  lax_kernel_grad(x, g, k) `d kernel` as one convolution of g by x, laid out so that XLA:CPU
+                           transposes g, not a recomputed x.
   few_inputs(x, kernel)    y = patches(x) @ kernel; its input gradient is `few_outputs`.
   few_outputs(x, kernel)   y = the window sum of x @ kernel (each input pixel's contribution
                            to its k*k windows, k*k*O columns); both gradients read one patch
@@ -51,7 +54,7 @@ THIN_CHUNK_ROWS = 8192
 THIN_CHANNELS = 8
 
 # A wide layer with at least this many times (k - 1) rows takes its kernel gradient from
-# `kernel_grad` (the stacked rows); smaller ones differentiate `lax.conv`. 12m image update
+# `kernel_grad` (the stacked rows); smaller ones from `lax_kernel_grad`. 12m image update
 # (`scripts/ab_train_step.py`, docs/benchmarks.md): the stacked rows at 32x32, 16x16 and 8x8
 # 5.24 s; at 32x32 and 16x16 5.15 s; at 32x32 only, against 16x16 too, 5.58 against 6.02 s; at
 # none, against 32x32 only, 5.44 against 5.23 s.
@@ -80,10 +83,8 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
   y = pooling.upsample(x) if nearest else x
   if thin:
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
-  elif y.shape[1] >= STACKED_ROWS_FROM * (kernel.shape[0] - 1):
-    y = _lax_forward(y, kernel)
   else:
-    y = lax_conv(y, kernel, (kernel.shape[0] - 1) // 2)
+    y = _lax_forward(y, kernel)
   return pooling.max_pool(y) if pool else y
 
 
@@ -237,6 +238,26 @@ def _stacked_rows_kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int) -> 
   return total.reshape(k, o, k, c).transpose(0, 2, 3, 1)
 
 
+def lax_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
+  """The kernel gradient `[k, k, C, O]` of `lax_conv(x, kernel, (k - 1) // 2)` at the output
+  gradient `g`, as one convolution with `g`'s channels as its batch and `x` as its kernel.
+
+  Autodiff convolves `x` with `g` the other way round, and XLA:CPU then lays `x` out as
+  `[C, H, W, N]` for Eigen: a transpose with the frames innermost, into which it fuses the
+  recomputation of `x` (the norm, activation and upsampling before the layer), 5x slower than
+  the plain transpose. Here `x` is laid out as `[H, W, N, C]`, its channels still innermost, and
+  the transpose with the frames innermost falls on `g`, which is already in memory. The decoder's
+  8x8 and 16x16 stages at 12m (forward and backward over 1024 frames): 0.187 -> 0.167 s and
+  0.558 -> 0.492 s; the encoder's the same (docs/benchmarks.md)."""
+  pad = (k - 1) // 2
+  # out[o, t, u, c] = sum_{n, i, j} g_padded[n, t + i, u + j, o] x[n, i, j, c], which is the
+  # kernel's tap (k - 1 - t, k - 1 - u) (output (i, j) reads input (i + a - pad, j + b - pad)).
+  out = jax.lax.conv_general_dilated(g, x, (1, 1), ((pad, pad), (pad, pad)),
+                                     dimension_numbers=('CHWN', 'IHWO', 'NHWC'),
+                                     preferred_element_type=jnp.float32)
+  return out[:, ::-1, ::-1].transpose(1, 2, 3, 0)
+
+
 @jax.custom_vjp
 def _lax_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return lax_conv(x, kernel, (kernel.shape[0] - 1) // 2)
@@ -250,7 +271,9 @@ def _lax_forward_bwd(residuals, g):
   x, kernel = residuals
   k = kernel.shape[0]
   dx, = jax.vjp(lambda x: lax_conv(x, kernel, (k - 1) // 2), x)[1](g)
-  return dx, kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
+  if x.shape[1] >= STACKED_ROWS_FROM * (k - 1):
+    return dx, kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
+  return dx, lax_kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
 
 
 _lax_forward.defvjp(_lax_forward_fwd, _lax_forward_bwd)
