@@ -34,11 +34,8 @@ def random_layer(frames, channels, outputs, k, height=6):
                                                        (5, 4, 4, 1), (4, 9, 12, 3),
                                                        (4, 12, 9, 5)])
 def test_forms_equal_lax_conv_with_gradients(monkeypatch, form, frames, channels, outputs, k):
-  # 2 frames of 6x5 pixels a chunk: several loop iterations, and odd frame counts (one a chunk);
-  # `conv`'s wide layers take the stacked-rows kernel gradient at this height.
-  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
+  # 2 frames of 6x5 pixels a chunk: several loop iterations, and odd frame counts (one a chunk).
   monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
-  monkeypatch.setattr(chunked_conv, 'STACKED_ROWS_FROM', 1)
   x, kernel, g = random_layer(frames, channels, outputs, k)
   got = values_and_grads(getattr(chunked_conv, form), x, kernel, g)
   want = values_and_grads(lax_conv, x, kernel, g)
@@ -47,34 +44,18 @@ def test_forms_equal_lax_conv_with_gradients(monkeypatch, form, frames, channels
 
 
 @pytest.mark.parametrize('channels,outputs', [(3, 8), (8, 3)])
-def test_kernel_grad_from_either_patch_matrix(monkeypatch, channels, outputs):
+def test_kernel_grad_from_either_patch_matrix(channels, outputs):
   """`kernel_grad` reads the patches of x (fewer inputs) or of g (fewer outputs)."""
-  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 30)
   x, kernel, g = random_layer(4, channels, outputs, 5)
   want = jax.vjp(lambda k: lax_conv(x, k), kernel)[1](g)[0]
-  np.testing.assert_allclose(chunked_conv.kernel_grad(x, g, 5), want, atol=5e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('frames,channels,outputs,k,height', [(6, 8, 9, 5, 16), (4, 9, 8, 3, 8),
-                                                              (6, 8, 8, 3, 11)])
-def test_stacked_rows_kernel_grad(monkeypatch, frames, channels, outputs, k, height):
-  """Wide layers with at least 4 (k - 1) rows stack a chunk's frames into one tall image (2 or 3
-  frames a chunk here); the windows that straddle two frames must add nothing."""
-  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 3 * height * 5)
-  x, kernel, g = random_layer(frames, channels, outputs, k, height)
-  assert min(channels, outputs) >= chunked_conv.THIN_CHANNELS and height >= 4 * (k - 1)
-  got = values_and_grads(chunked_conv.conv, x, kernel, g)
-  want = values_and_grads(lax_conv, x, kernel, g)
-  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(chunked_conv.kernel_grad(x, g, 5, rows=30), want, atol=5e-5,
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize('frames,channels,outputs,k', [(3, 8, 9, 5), (2, 9, 8, 3), (4, 8, 8, 1)])
-def test_lax_kernel_grad_equals_autodiff(monkeypatch, frames, channels, outputs, k):
-  """Wide layers below `STACKED_ROWS_FROM` rows take the kernel gradient as a convolution of g by
-  x (`lax_kernel_grad`); frames of 6x5 pixels, so that a swap of the two axes or a tap read at
-  the unflipped offset shows."""
-  monkeypatch.setattr(chunked_conv, 'STACKED_ROWS_FROM', 100)
+def test_lax_kernel_grad_equals_autodiff(frames, channels, outputs, k):
+  """Wide layers take the kernel gradient as a convolution of g by x (`lax_kernel_grad`); frames
+  of 6x5 pixels, so that a swap of the two axes or a tap read at the unflipped offset shows."""
   x, kernel, g = random_layer(frames, channels, outputs, k)
   want = values_and_grads(lax_conv, x, kernel, g)
   np.testing.assert_allclose(chunked_conv.lax_kernel_grad(x, g, k), want[2], atol=5e-5, rtol=1e-5)
@@ -139,9 +120,10 @@ def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
       from dreamerjax.models import nets
       mesh = Mesh(np.array(jax.devices()), ('data',))
-      # 64 frames of 32x32: 16 chunks of 4096 pixels, so the loop runs over the frames.
-      x = jax.device_put(jnp.ones((64, 32, 32, 8)), NamedSharding(mesh, P('data')))
-      kernel = jnp.ones((5, 5, 8, 9)) / 100
+      # A thin layer, 64 frames of 32x32: 8 chunks of 8192 pixels, so the loop runs over the
+      # frames.
+      x = jax.device_put(jnp.ones((64, 32, 32, 3)), NamedSharding(mesh, P('data')))
+      kernel = jnp.ones((5, 5, 3, 9)) / 100
       def gathers(impl):
         grad = jax.jit(jax.grad(lambda x, k: jnp.sum(nets.same_conv(x, k, impl) ** 2), (0, 1)))
         return grad.lower(x, kernel).compile().as_text().count('all-gather(')
@@ -153,7 +135,6 @@ def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
 
 def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
   """`num_seeds` vmaps the whole update: the chunk loops batch over the seed axis."""
-  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
   monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
   x, kernel, g = random_layer(4, 3, 9, 5)
   xs, kernels, gs = (jnp.stack([a, 2.0 * a]) for a in (x, kernel, g))
@@ -195,7 +176,6 @@ def max_pool(y):
 def test_upsampled_and_pooled_layers_equal_lax_conv_with_gradients(monkeypatch, nearest, pool,
                                                                    channels, outputs):
   # 60 pixels a chunk: 2 frames at 6x5 (1 at 12x10), several loop iterations, 5 frames in all.
-  monkeypatch.setattr(chunked_conv, 'CHUNK_ROWS', 60)
   monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
   keys = jax.random.split(jax.random.key(4), 3)
   x = jax.random.normal(keys[0], (5, 6, 10, channels))

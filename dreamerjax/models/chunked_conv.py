@@ -1,14 +1,13 @@
 """Stride-1 'SAME' convolutions of `arch=public2024`'s CNN: the layers with few input or output
-channels, and the kernel gradient of the widest, as products over patch matrices built a few
-frames at a time.
+channels as products over patch matrices built a few frames at a time, and the others with a
+kernel gradient laid out for XLA:CPU.
 
 XLA:CPU (jax 0.10, convolutions in Eigen: `dreamerjax.CPU_XLA_FLAGS`) runs a layer with 3
 channels on one side (the image layers: 3 -> 32 in the encoder, 32 -> 3 in the decoder) several
-times slower per FLOP than the others, and the autodiff kernel gradient of the 32x32 layers
-slower than a product over their patches. A product over a patch matrix is fast, but the matrix
-of every frame at once is k*k times the layer's input (1.3-3.4 GB at 1024 frames). Built a few
-frames at a time inside a loop (`CHUNK_ROWS`, `THIN_CHUNK_ROWS` pixels), it stays in cache, and
-nothing but the layer's input is kept for the backward pass. The image layers also take their
+times slower per FLOP than the others. A product over a patch matrix is fast, but the matrix of
+every frame at once is k*k times the layer's input (1.3-3.4 GB at 1024 frames). Built a few
+frames at a time inside a loop (`THIN_CHUNK_ROWS` pixels), it stays in cache, and nothing but
+the layer's input is kept for the backward pass. The image layers also take their
 stage's pooling (encoder) or upsampling (decoder) inside that loop, so their full-size tensors
 never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks.md.
 
@@ -16,14 +15,11 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
                            max pooling after it: `few_inputs(_pooled)` or
                            `few_outputs(_upsampled)` when one side has fewer than
                            `THIN_CHANNELS` channels; else `lax_conv`, its kernel gradient by
-                           `kernel_grad` from `STACKED_ROWS_FROM` (k-1) rows, by
-                           `lax_kernel_grad` below.
-  kernel_grad(x, g, k)     `d kernel`: for wide layers of at least 4 (k-1) rows, one product
-                           per kernel row over k column shifts of the frames stacked into one
-                           tall image; else x.T @ patches(g) or patches(x).T @ g, whichever
-                           patch matrix is narrower (k*k*O or k*k*C columns).
+                           `lax_kernel_grad`.
   lax_kernel_grad(x, g, k) `d kernel` as one convolution of g by x, laid out so that XLA:CPU
                            transposes g, not a recomputed x.
+  kernel_grad(x, g, k)     `d kernel` of a thin layer: x.T @ patches(g) or patches(x).T @ g,
+                           whichever patch matrix is narrower (k*k*O or k*k*C columns).
   few_inputs(x, kernel)    y = patches(x) @ kernel; its input gradient is `few_outputs`.
   few_outputs(x, kernel)   y = the window sum of x @ kernel (each input pixel's contribution
                            to its k*k windows, k*k*O columns); both gradients read one patch
@@ -43,22 +39,13 @@ import jax.numpy as jnp
 
 from dreamerjax.models import pooling
 
-# Pixels per loop iteration: for the kernel gradient of a layer with many channels on both sides
-# (4 frames at 32x32: a 25 x 32 wide float32 patch matrix of 13 MB), and for the thin layers
-# (2 frames at 64x64: 75 columns, 2.5 MB). Timed against 2x and 4x as many over the eight layers
-# of the 12m CNN (docs/benchmarks.md).
-CHUNK_ROWS = 4096
+# Pixels per loop iteration of the thin layers (2 frames at 64x64: 75 columns, 2.5 MB). Timed
+# against 2x and 4x as many over the layers of the 12m CNN (docs/benchmarks.md).
 THIN_CHUNK_ROWS = 8192
 
 # `conv` runs a layer with fewer inputs or outputs than this as `few_inputs` / `few_outputs`.
 THIN_CHANNELS = 8
 
-# A wide layer with at least this many times (k - 1) rows takes its kernel gradient from
-# `kernel_grad` (the stacked rows); smaller ones from `lax_kernel_grad`. 12m image update
-# (`scripts/ab_train_step.py`, docs/benchmarks.md): the stacked rows at 32x32, 16x16 and 8x8
-# 5.24 s; at 32x32 and 16x16 5.15 s; at 32x32 only, against 16x16 too, 5.58 against 6.02 s; at
-# none, against 32x32 only, 5.44 against 5.23 s.
-STACKED_ROWS_FROM = 8
 
 
 def lax_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
@@ -193,15 +180,11 @@ def _from_g_patches(total: jax.Array, k: int) -> jax.Array:
   return total.reshape(c, k, k, o)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> jax.Array:
+def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int = THIN_CHUNK_ROWS) -> jax.Array:
   """The kernel gradient `[k, k, C, O]` (float32) of the layer with input `x [N, H, W, C]` at
-  the output gradient `g [N, H, W, O]`, `rows` pixels (default `CHUNK_ROWS`) at a time: by
-  `_stacked_rows_kernel_grad` where both sides are wide and a frame has at least 4 (k-1) rows,
-  else from the narrower of the two patch matrices."""
-  rows = rows or CHUNK_ROWS
+  the output gradient `g [N, H, W, O]`, `rows` pixels at a time, from the narrower of the two
+  patch matrices: for a layer with few channels on one side."""
   c, o = x.shape[-1], g.shape[-1]
-  if min(c, o) >= THIN_CHANNELS and x.shape[1] >= 4 * (k - 1):
-    return _stacked_rows_kernel_grad(x, g, k, rows)
   if c < o:
     total, _ = _products(lambda x, g: (_dot32(_patches(x, k).T, g.reshape(-1, o)), None),
                          x, g, (k * k * c, o), rows)
@@ -209,33 +192,6 @@ def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> 
   total, _ = _products(lambda x, g: (_dot32(x.reshape(-1, c).T, _patches(g, k)), None),
                        x, g, (c, k * k * o), rows)
   return _from_g_patches(total, k)
-
-
-def _stacked_rows_kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int) -> jax.Array:
-  """`kernel_grad` with k column shifts of the input instead of k*k shifts: a chunk's padded
-  frames stacked into one tall image `[F (H + k - 1), W, k C]`, in which kernel row a's patch
-  rows are one contiguous slice, a rows down; `g` gets k - 1 zero rows below each frame, so the
-  windows that straddle two frames add nothing. One product per kernel row, `g.T @ slice`
-  (`[O, k C]`, a YNN product), at (k - 1) / H more multiply-adds than the patch form. 12m, 16x16
-  and 32x32 layers: 0.20-0.41 s against 0.26-0.58 s; at 8x8 (half the rows junk) it was slower
-  (docs/benchmarks.md)."""
-  c, o = x.shape[-1], g.shape[-1]
-  h, w = x.shape[1:3]
-  pad = (k - 1) // 2
-
-  def products(x, g):
-    tall = x.shape[0] * (h + k - 1)
-    columns = _column_shifts(x, k).reshape(tall * w, k * c)
-    g = jnp.pad(g, ((0, 0), (0, 2 * pad), (0, 0), (0, 0))).reshape(tall * w, o)
-    length = (tall - k + 1) * w
-    # The transpose is materialized first so that each product runs as XLA:CPU's YNN product
-    # (`nets.weight_grad`).
-    g_rows = jax.lax.optimization_barrier(g[:length].T)
-    per_row = [_dot32(g_rows, columns[a * w:a * w + length]) for a in range(k)]
-    return jnp.stack(per_row), None
-
-  total, _ = _products(products, x, g, (k, o, k * c), rows)
-  return total.reshape(k, o, k, c).transpose(0, 2, 3, 1)
 
 
 def lax_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
@@ -248,7 +204,8 @@ def lax_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
   the plain transpose. Here `x` is laid out as `[H, W, N, C]`, its channels still innermost, and
   the transpose with the frames innermost falls on `g`, which is already in memory. The decoder's
   8x8 and 16x16 stages at 12m (forward and backward over 1024 frames): 0.187 -> 0.167 s and
-  0.558 -> 0.492 s; the encoder's the same (docs/benchmarks.md)."""
+  0.558 -> 0.492 s; the encoder's the same. At 32x32 it also replaced products over the frames'
+  column shifts (docs/benchmarks.md)."""
   pad = (k - 1) // 2
   # out[o, t, u, c] = sum_{n, i, j} g_padded[n, t + i, u + j, o] x[n, i, j, c], which is the
   # kernel's tap (k - 1 - t, k - 1 - u) (output (i, j) reads input (i + a - pad, j + b - pad)).
@@ -271,8 +228,6 @@ def _lax_forward_bwd(residuals, g):
   x, kernel = residuals
   k = kernel.shape[0]
   dx, = jax.vjp(lambda x: lax_conv(x, kernel, (k - 1) // 2), x)[1](g)
-  if x.shape[1] >= STACKED_ROWS_FROM * (k - 1):
-    return dx, kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
   return dx, lax_kernel_grad(x, g.astype(x.dtype), k).astype(kernel.dtype)
 
 
@@ -294,7 +249,7 @@ def _few_inputs_fwd(x, kernel):
 def _few_inputs_bwd(residuals, g):
   x, kernel = residuals
   g = g.astype(x.dtype)
-  dkernel = kernel_grad(x, g, kernel.shape[0], THIN_CHUNK_ROWS)
+  dkernel = kernel_grad(x, g, kernel.shape[0])
   return few_outputs(g, _flipped(kernel)).astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
