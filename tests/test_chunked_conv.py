@@ -159,6 +159,30 @@ def test_vmapped_over_seeds_equals_each_seed_alone(monkeypatch):
         np.testing.assert_allclose(a[seed], b, atol=2e-4, rtol=1e-5)
 
 
+def test_phase_taps_by_hand():
+  """5 taps over the 2x upsampled input, pad 2: for even output rows 2u, upsampled rows 2u - 2 ..
+  2u + 2 are input rows u - 1, u - 1, u, u, u + 1; for odd rows 2u + 1, u - 1, u, u, u + 1,
+  u + 1."""
+  taps = chunked_conv._phase_taps(5)
+  np.testing.assert_array_equal(taps[0], [[1, 1, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]])
+  np.testing.assert_array_equal(taps[1], [[1, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 1]])
+  assert chunked_conv._phase_taps(1).shape == (2, 1, 1)
+  assert chunked_conv._phase_taps(7).shape == (2, 5, 7)
+
+
+@pytest.mark.parametrize('k', [1, 3, 7])
+def test_upsampled_layer_by_phases_at_other_kernel_sizes(monkeypatch, k):
+  monkeypatch.setattr(chunked_conv, 'THIN_CHUNK_ROWS', 60)
+  keys = jax.random.split(jax.random.key(k), 3)
+  x = jax.random.normal(keys[0], (3, 6, 5, 9))
+  kernel = jax.random.normal(keys[1], (k, k, 9, 3)) / k
+  g = jax.random.normal(keys[2], (3, 12, 10, 3))
+  got = values_and_grads(chunked_conv.few_outputs_upsampled, x, kernel, g)
+  want = values_and_grads(lambda x, k: lax_conv(upsample(x), k), x, kernel, g)
+  for name, a, b in zip(('output', 'input gradient', 'kernel gradient'), got, want, strict=True):
+    np.testing.assert_allclose(a, b, atol=5e-5, rtol=1e-5, err_msg=name)
+
+
 def upsample(x):
   return jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
 

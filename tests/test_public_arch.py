@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.analysis import benchmark, flops
-from dreamerjax.models import nets
+from dreamerjax.models import chunked_conv, nets
 from dreamerjax.run import configs
 
 # Trained parameters per part of the public code (github.com/danijar/dreamerv3 at e3f0224,
@@ -139,11 +139,13 @@ def test_counted_flops_include_convolutions_and_skip_dead_code():
 def test_work_flops_count_the_direct_form_and_the_public_codes_repeated_policy_pass(
     monkeypatch):
   # Ours: the chunked form runs an upsampled layer with 3 outputs (the decoder's image layer) at
-  # its input's resolution; its work counts the direct form, 2 x (2 x 8 x 8 x 3) x (5 x 5 x 8).
+  # its input's resolution, a 3x3 kernel with 4 x 3 outputs (`phase_kernel`), 2 x (2 x 4 x 4) x
+  # 8 x (3 x 3 x 12); its work counts the direct form, 2 x (2 x 8 x 8 x 3) x (5 x 5 x 8).
   monkeypatch.setattr(nets, 'SAME_CONV', 'chunked')
   layer = lambda x, k: nets.same_conv(x, k, nets.SAME_CONV, nearest=True)  # noqa: E731
   x, kernel = jnp.ones((2, 4, 4, 8)), jnp.ones((5, 5, 8, 3))
-  assert flops.matmul_flops(layer, x, kernel) == 153_600 / 4
+  phases = flops.matmul_flops(chunked_conv.phase_kernel, kernel)
+  assert flops.matmul_flops(layer, x, kernel) == 55_296 + phases
   assert benchmark.direct_form_flops(layer, x, kernel) == 153_600  # the same function object
   assert nets.SAME_CONV == 'chunked'
   # The public code's actor loss runs the policy again over the states its imagination loop ran
