@@ -1,6 +1,7 @@
 """Stride-1 'SAME' convolutions of `arch=public2024`'s CNN: the layers with few input or output
-channels as products over patch matrices built a few frames at a time, and the others with a
-kernel gradient laid out for XLA:CPU.
+channels as products over patch matrices built a few frames at a time, the others with a
+kernel gradient laid out for XLA:CPU, and a layer over a 2x upsampled input as a smaller kernel
+over the input itself, one output per phase.
 
 XLA:CPU (jax 0.10, convolutions in Eigen: `dreamerjax.CPU_XLA_FLAGS`) runs a layer with 3
 channels on one side (the image layers: 3 -> 32 in the encoder, 32 -> 3 in the decoder) several
@@ -15,7 +16,10 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
                            max pooling after it: `few_inputs(_pooled)` or
                            `few_outputs(_upsampled)` when one side has fewer than
                            `THIN_CHANNELS` channels; else `lax_conv`, its kernel gradient by
-                           `lax_kernel_grad`.
+                           `lax_kernel_grad`, and after `nearest` over the input itself with
+                           the `phase_kernel`, `interleave`d: 36 / 100 of the multiply-adds.
+  phase_kernel(kernel)     `[k, k, C, O]` -> `[k2, k2, C, 4 O]` (k2 = 3 for k = 5): a layer over
+                           the 2x upsampled input as one over the input, an output per phase.
   lax_kernel_grad(x, g, k) `d kernel` as one convolution of g by x, laid out so that XLA:CPU
                            transposes g, not a recomputed x.
   kernel_grad(x, g, k)     `d kernel` of a thin layer: x.T @ patches(g) or patches(x).T @ g,
@@ -25,7 +29,9 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
                            to its k*k windows, k*k*O columns); both gradients read one patch
                            matrix of g.
 
-`x [N, H, W, C]`, `kernel [k, k, C, O]` (k odd, zero padding (k-1)/2 on every side); all agree
+`x [N, H, W, C]`, `kernel [k, k, C, O]` (k odd, zero padding (k-1)/2 on every side). Every form
+computes the same function as the direct one (`nets.same_conv(..., 'lax')`: upsample, convolve,
+pool), whose products `benchmark.direct_form_flops` counts as the network's work; all agree
 with `lax.conv_general_dilated` (and autodiff pooling) to float tolerance, gradients included
 (tests/test_chunked_conv.py).
 """
@@ -68,11 +74,13 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
     return few_inputs_pooled(x, kernel)
   if thin and c > o and nearest and not pool:
     return few_outputs_upsampled(x, kernel)
-  y = pooling.upsample(x) if nearest else x
   if thin:
+    y = pooling.upsample(x) if nearest else x
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
+  elif nearest:
+    y = interleave(_lax_forward(x, phase_kernel(kernel)))
   else:
-    y = _lax_forward(y, kernel)
+    y = _lax_forward(x, kernel)
   return pooling.max_pool(y) if pool else y
 
 
