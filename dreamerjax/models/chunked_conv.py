@@ -322,9 +322,11 @@ def phase_kernel(kernel: jax.Array) -> jax.Array:
   """`[k, k, C, O]` -> `[k2, k2, C, 4 O]`: the layer over the 2x nearest-upsampled input as one
   stride-1 layer over the input itself, whose 4 O outputs are the four output phases (row parity,
   column parity, output channel); `interleave` puts them back at their pixels. A linear map of
-  the kernel, differentiated by autodiff."""
+  the kernel, differentiated by autodiff (at full precision: on accelerators a float32 product
+  may otherwise round its operands to bfloat16)."""
   taps = jnp.asarray(_phase_taps(kernel.shape[0]))
-  phases = jnp.einsum('rta,svb,abco->tvcrso', taps, taps, kernel)
+  phases = jnp.einsum('rta,svb,abco->tvcrso', taps, taps, kernel,
+                      precision=jax.lax.Precision.HIGHEST)
   return phases.reshape(*phases.shape[:3], -1)
 
 
