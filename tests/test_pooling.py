@@ -63,3 +63,12 @@ def test_upsample_and_its_gradient_the_window_sums():
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(pooling.sum_pool(g), g.reshape(3, 2, 2, 3, 2, 2).sum((2, 4)),
                              rtol=1e-6)
+
+
+def test_depth_to_space_puts_each_channel_group_at_its_pixel():
+  # Channel (row, column, c) of pixel (i, j) goes to pixel (2 i + row, 2 j + column).
+  y = jnp.arange(16.).reshape(1, 1, 2, 8)
+  got = pooling.depth_to_space(y, 2)
+  np.testing.assert_array_equal(got[0, :, :, 0], [[0, 2, 8, 10], [4, 6, 12, 14]])
+  x = jax.random.normal(jax.random.key(6), (2, 6, 4, 3))
+  np.testing.assert_array_equal(pooling.depth_to_space(pooling.space_to_depth(x, 2), 2), x)

@@ -17,7 +17,8 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
                            `few_outputs(_upsampled)` when one side has fewer than
                            `THIN_CHANNELS` channels; else `lax_conv`, its kernel gradient by
                            `lax_kernel_grad`, and after `nearest` over the input itself with
-                           the `phase_kernel`, `interleave`d: 36 / 100 of the multiply-adds.
+                           the `phase_kernel`, its phases put back at their pixels
+                           (`pooling.depth_to_space`): 36 / 100 of the multiply-adds.
   phase_kernel(kernel)     `[k, k, C, O]` -> `[k2, k2, C, 4 O]` (k2 = 3 for k = 5): a layer over
                            the 2x upsampled input as one over the input, an output per phase.
   lax_kernel_grad(x, g, k) `d kernel` as one convolution of g by x, laid out so that XLA:CPU
@@ -46,8 +47,10 @@ import numpy as np
 
 from dreamerjax.models import pooling
 
-# Pixels per loop iteration of the thin layers (2 frames at 64x64: 75 columns, 2.5 MB). Timed
-# against 2x and 4x as many over the layers of the 12m CNN (docs/benchmarks.md).
+# Pixels per loop iteration of the thin layers (2 frames at 64x64 for the encoder's image layer:
+# 75 columns, 2.5 MB; 8 frames at 32x32 for the decoder's, by phases: 108 columns). Timed
+# against 2x and 4x as many over the layers of the 12m CNN, and the decoder's image layer at
+# 2048-16384 (docs/benchmarks.md).
 THIN_CHUNK_ROWS = 8192
 
 # `conv` runs a layer with fewer inputs or outputs than this as `few_inputs` / `few_outputs`.
@@ -78,7 +81,7 @@ def conv(x: jax.Array, kernel: jax.Array, nearest: bool = False,
     y = pooling.upsample(x) if nearest else x
     y = few_inputs(y, kernel) if c <= o else few_outputs(y, kernel)
   elif nearest:
-    y = interleave(_lax_forward(x, phase_kernel(kernel)))
+    y = pooling.depth_to_space(_lax_forward(x, phase_kernel(kernel)), 2)
   else:
     y = _lax_forward(x, kernel)
   return pooling.max_pool(y) if pool else y
@@ -321,35 +324,21 @@ def _phase_taps(k: int) -> np.ndarray:
 def phase_kernel(kernel: jax.Array) -> jax.Array:
   """`[k, k, C, O]` -> `[k2, k2, C, 4 O]`: the layer over the 2x nearest-upsampled input as one
   stride-1 layer over the input itself, whose 4 O outputs are the four output phases (row parity,
-  column parity, output channel); `interleave` puts them back at their pixels. A linear map of
-  the kernel, differentiated by autodiff (at full precision: on accelerators a float32 product
-  may otherwise round its operands to bfloat16)."""
+  column parity, output channel); `pooling.depth_to_space` puts them at their pixels. A linear
+  map of the kernel, differentiated by autodiff (at full precision: on accelerators a float32
+  product may otherwise round its operands to bfloat16)."""
   taps = jnp.asarray(_phase_taps(kernel.shape[0]))
   phases = jnp.einsum('rta,svb,abco->tvcrso', taps, taps, kernel,
                       precision=jax.lax.Precision.HIGHEST)
   return phases.reshape(*phases.shape[:3], -1)
 
 
-def interleave(y: jax.Array) -> jax.Array:
-  """`[N, H, W, 4 O]` (`phase_kernel`'s output order) -> `[N, 2 H, 2 W, O]`."""
-  n, h, w, c = y.shape
-  y = y.reshape(n, h, w, 2, 2, c // 4).transpose(0, 1, 3, 2, 4, 5)
-  return y.reshape(n, 2 * h, 2 * w, c // 4)
-
-
-def _deinterleave(g: jax.Array) -> jax.Array:
-  """The inverse of `interleave`: `[N, 2 H, 2 W, O]` -> `[N, H, W, 4 O]`."""
-  n, h, w, o = g.shape
-  g = g.reshape(n, h // 2, 2, w // 2, 2, o).transpose(0, 1, 3, 2, 4, 5)
-  return g.reshape(n, h // 2, w // 2, 4 * o)
-
-
 def _few_outputs_forward(x: jax.Array, kernel: jax.Array, phases: bool) -> jax.Array:
   """`few_outputs` of `x`; with `phases`, `kernel` is a `phase_kernel` and each chunk's output is
-  interleaved inside the loop."""
+  put back at its pixels inside the loop."""
   k, o = kernel.shape[0], kernel.shape[-1]
   taps = _tap_matrix(kernel, x.dtype)
-  grow = interleave if phases else (lambda z: z)
+  grow = (lambda z: pooling.depth_to_space(z, 2)) if phases else (lambda z: z)
   y = jax.lax.map(lambda chunk: grow(_window_sum(chunk @ taps, k, o)),
                   _chunks(x, THIN_CHUNK_ROWS))
   if phases:
@@ -365,7 +354,7 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, phases: bo
   flipped = _patch_matrix(_flipped(kernel), x.dtype)
 
   def both(x, g):
-    patches = _patches(_deinterleave(g) if phases else g, k)
+    patches = _patches(pooling.space_to_depth(g, 2) if phases else g, k)
     return _dot32(x.reshape(-1, c).T, patches), (patches @ flipped).reshape(x.shape)
 
   total, dx = _products(both, x, g.astype(x.dtype), (c, k * k * o), THIN_CHUNK_ROWS)
@@ -396,6 +385,6 @@ def few_outputs(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def few_outputs_upsampled(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """`few_outputs(pooling.upsample(x), kernel)` without the upsampled input: `few_outputs` of
   `x` itself with the `phase_kernel` (a 5x5 kernel becomes 3x3 with 4x the outputs), each chunk
-  interleaved inside the loop. Its patch matrices and window sums are 9 / 25 the size of those
-  of the upsampled input; 36 / 100 of the multiply-adds."""
+  put back at its pixels inside the loop. Its patch matrices and window sums are 9 / 25 the size
+  of those of the upsampled input; 36 / 100 of the multiply-adds."""
   return _few_outputs(x, phase_kernel(kernel), True)

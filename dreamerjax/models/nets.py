@@ -539,11 +539,7 @@ def _window_sum_bwd(k, shape, dy):
 _window_sum.defvjp(_window_sum_fwd, _window_sum_bwd)
 
 
-def space_to_depth(x: jax.Array, size: int) -> jax.Array:
-  """`[N, H, W, C]` -> `[N, H/size, W/size, size*size*C]`, channels ordered (row, column, C)."""
-  n, h, w, c = x.shape
-  x = x.reshape(n, h // size, size, w // size, size, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(n, h // size, w // size, size * size * c)
+space_to_depth = pooling.space_to_depth
 
 
 def kernel_to_depth(kernel: jax.Array, size: int) -> jax.Array:
