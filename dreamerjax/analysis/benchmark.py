@@ -385,8 +385,9 @@ def params_by_part(agent: Agent, state) -> dict[str, int]:
 def direct_form_flops(fn, *args) -> float:
   """`matmul_flops` of `fn(*args)` with the stride-1 'SAME' convolutions in their direct form
   (`nets.SAME_CONV = 'lax'`: upsample, convolve, pool, as the public code does): the work of the
-  network itself. The form `auto` picks on one CPU device (`chunked`) computes the decoder's
-  image layer at its input's resolution: the same function with 1/4 of that layer's products.
+  network itself. The form `auto` picks on one CPU device (`chunked`) computes each decoder layer
+  by phases at its input's resolution (`chunked_conv.phase_kernel`): the same function with
+  36 / 100 of that layer's products.
   """
   form = nets.SAME_CONV
   nets.SAME_CONV = 'lax'

@@ -165,9 +165,9 @@ def _pair(public: dict, ours: dict, peak: float, size: str) -> dict:
   Equal work: parameters equal per part (1%) and work FLOPs within 5%. Work FLOPs count the same
   network's work alike on both sides: the public code's counted FLOPs less its second policy pass
   over the imagined states (`public_driver.repeated_policy_flops`), and ours with the decoder's
-  image layer counted in its direct form, upsample then convolve, where we run it at its input's
-  resolution with 1/4 of its products (`benchmark.direct_form_flops`). Achieved FLOP/s and the
-  share of the peak count the FLOPs each side runs (`counted_flops`)."""
+  layers counted in their direct form, upsample then convolve, where we run them by phases at
+  their input's resolution with 36 / 100 of their products (`benchmark.direct_form_flops`).
+  Achieved FLOP/s and the share of the peak count the FLOPs each side runs (`counted_flops`)."""
   part_error = {part: abs(ours['params_by_part'][part] / public['params_by_part'][part] - 1)
                 for part in PARTS if public['params_by_part'][part]}
   work_ratio = ours['work_flops'] / public['work_flops']
