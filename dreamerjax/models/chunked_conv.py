@@ -186,10 +186,12 @@ def _from_g_patches(total: jax.Array, k: int) -> jax.Array:
   return total.reshape(c, k, k, o)[:, ::-1, ::-1].transpose(1, 2, 0, 3)
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int = THIN_CHUNK_ROWS) -> jax.Array:
+def kernel_grad(x: jax.Array, g: jax.Array, k: int, rows: int | None = None) -> jax.Array:
   """The kernel gradient `[k, k, C, O]` (float32) of the layer with input `x [N, H, W, C]` at
-  the output gradient `g [N, H, W, O]`, `rows` pixels at a time, from the narrower of the two
-  patch matrices: for a layer with few channels on one side."""
+  the output gradient `g [N, H, W, O]`, `rows` pixels (default `THIN_CHUNK_ROWS`, read at the
+  call) at a time, from the narrower of the two patch matrices: for a layer with few channels on
+  one side."""
+  rows = rows or THIN_CHUNK_ROWS
   c, o = x.shape[-1], g.shape[-1]
   if c < o:
     total, _ = _products(lambda x, g: (_dot32(_patches(x, k).T, g.reshape(-1, o)), None),
@@ -362,17 +364,17 @@ def _few_outputs_grads(x: jax.Array, kernel: jax.Array, g: jax.Array, phases: bo
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _few_outputs(x: jax.Array, kernel: jax.Array, nearest: bool) -> jax.Array:
-  return _few_outputs_forward(x, kernel, nearest)
+def _few_outputs(x: jax.Array, kernel: jax.Array, phases: bool) -> jax.Array:
+  return _few_outputs_forward(x, kernel, phases)
 
 
-def _few_outputs_fwd(x, kernel, nearest):
-  return _few_outputs(x, kernel, nearest), (x, kernel)
+def _few_outputs_fwd(x, kernel, phases):
+  return _few_outputs(x, kernel, phases), (x, kernel)
 
 
-def _few_outputs_bwd(nearest, residuals, g):
+def _few_outputs_bwd(phases, residuals, g):
   x, kernel = residuals
-  return _few_outputs_grads(x, kernel, g, nearest)
+  return _few_outputs_grads(x, kernel, g, phases)
 
 
 _few_outputs.defvjp(_few_outputs_fwd, _few_outputs_bwd)
