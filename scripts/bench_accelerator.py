@@ -7,7 +7,7 @@ dreamerjax/analysis/accelerator.py). Sized for 10 minutes on one GPU:
     # the plumbing on CPU, with tiny sizes:
     python scripts/bench_accelerator.py --out=/tmp/accelerator.json --sizes=debug \\
         --dtypes=float32 --seeds=2 --seeds_size=debug --scaling_size=debug --atari_size=debug \\
-        --per_device_batch=2 --acting_steps=200 --repeats=1
+        --per_device_batch=2 --acting_steps=200 --repeats=1 --batch=2 --length=8
 """
 
 import os
@@ -30,6 +30,8 @@ _PER_DEVICE_BATCH = flags.DEFINE_integer('per_device_batch', 16, 'Sequences per 
 _ATARI_SIZE = flags.DEFINE_string('atari_size', '12m', 'Size preset of the Atari 100k projection.')
 _ACTING_STEPS = flags.DEFINE_integer('acting_steps', 2000, 'Env steps of the acting measurement.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per measurement.')
+_BATCH = flags.DEFINE_integer('batch', 16, 'Sequences per update (all parts but scaling).')
+_LENGTH = flags.DEFINE_integer('length', 64, 'Steps per sequence (all parts but scaling).')
 _BUDGET = flags.DEFINE_float('budget_s', 540.0, 'Parts that would start after this are skipped.')
 
 
@@ -40,7 +42,8 @@ def main(argv):
       _OUT.value, sizes=_SIZES.value, dtypes=_DTYPES.value, seeds=_SEEDS.value,
       seeds_size=_SEEDS_SIZE.value, scaling_size=_SCALING_SIZE.value,
       per_device_batch=_PER_DEVICE_BATCH.value, atari_size=_ATARI_SIZE.value,
-      acting_steps=_ACTING_STEPS.value, repeats=_REPEATS.value, budget_s=_BUDGET.value)
+      acting_steps=_ACTING_STEPS.value, repeats=_REPEATS.value, budget_s=_BUDGET.value,
+      batch=_BATCH.value, length=_LENGTH.value)
   skipped = ', '.join(result['skipped']) or 'none'
   print(f'Wrote {_OUT.value} ({result.get("seconds", 0)} s; skipped: {skipped})')
 

@@ -40,8 +40,9 @@ def peak_memory_bytes() -> int | None:
   return stats.get('peak_bytes_in_use')
 
 
-def train_step_part(size: str, dtype: str, repeats: int) -> dict:
-  record = benchmark.train_step_record(size, 'image', repeats=repeats,
+def train_step_part(size: str, dtype: str, repeats: int, batch: int = 16,
+                    length: int = 64) -> dict:
+  record = benchmark.train_step_record(size, 'image', batch, length, repeats=repeats,
                                        model={'compute_dtype': dtype})
   return {'dtype': dtype, **record, 'peak_memory_bytes': peak_memory_bytes()}
 
@@ -75,18 +76,26 @@ def scaling_part(size: str, per_device_batch: int, repeats: int) -> list[dict]:
                                    repeats=repeats)
 
 
-def atari_projection(size: str, repeats: int, acting_steps: int) -> dict:
-  """Projected wall-clock of one Atari 100k run (`experiments/atari100k.py` at `size`)."""
-  suite = configs.load_file(os.path.join(_root(), 'experiments', 'atari100k.py')).SUITE
-  suite = {**suite, 'size': size}
-  run = suite['run']
-  step = benchmark.train_step_record(size, 'image', repeats=repeats)
-  acting = benchmark.loop_record(suite, 'Pong-v5', 'policy', acting_steps, envs=run['envs'],
+def atari_projection(size: str, repeats: int, acting_steps: int, step: dict | None = None,
+                     batch: int | None = None, length: int | None = None) -> dict:
+  """Projected wall-clock of one Atari 100k run (`experiments/atari100k.py` at `size`).
+
+  Updates are counted at the suite's batch (16 x 64); the update is timed at `batch x length`
+  (the suite's where None), or `step`, a `train_step_record` of that size in float32 that the
+  suite already made, is used as it is."""
+  module = configs.load_file(os.path.join(_root(), 'experiments', 'atari100k.py'))
+  suite = {**module.SUITE, 'size': size}
+  run = module.get_config(f'size={size}').run
+  batch, length = batch or run.batch_size, length or run.batch_length
+  if step is None:
+    step = benchmark.train_step_record(size, 'image', batch, length, repeats=repeats)
+  acting = benchmark.loop_record(suite, 'Pong-v5', 'policy', acting_steps, envs=run.envs,
                                  loop='device')
-  updates = ATARI100K_STEPS * run['train_ratio'] / (16 * 64)
+  updates = ATARI100K_STEPS * run.train_ratio / (run.batch_size * run.batch_length)
   seconds = updates * step['step_s'] + ATARI100K_STEPS / max(acting['env_steps_per_s'], 1e-9)
   return {'size': size, 'task': 'Pong-v5', 'env_steps': ATARI100K_STEPS,
-          'train_ratio': run['train_ratio'], 'updates': int(updates),
+          'train_ratio': run.train_ratio, 'updates': int(updates),
+          'step_batch': [step['batch'], step['length']],
           'step_s': step['step_s'], 'acting_env_steps_per_s': acting['env_steps_per_s'],
           'projected_hours': round(seconds / 3600, 3)}
 
@@ -98,18 +107,25 @@ def _root() -> str:
 def run_suite(out: str, sizes=('12m', '50m'), dtypes=('float32', 'bfloat16'), seeds: int = 8,
               seeds_size: str = '12m', scaling_size: str = '12m', per_device_batch: int = 16,
               atari_size: str = '12m', acting_steps: int = 2000, repeats: int = 5,
-              budget_s: float = 540.0) -> dict:
-  """Runs every part (see the module doc), writing `out` after each; returns the result."""
+              budget_s: float = 540.0, batch: int = 16, length: int = 64) -> dict:
+  """Runs every part (see the module doc), writing `out` after each; returns the result.
+  `batch x length` is the update's batch in every part but weak scaling (`per_device_batch`);
+  the Atari projection reuses the float32 update of `atari_size` where that was measured."""
   start = time.monotonic()
   result = {'machine': benchmark.machine(), 'budget_s': budget_s, 'skipped': []}
   parts = [(f'train_step/{size}/{dtype}', 'train_step',
-            lambda size=size, dtype=dtype: train_step_part(size, dtype, repeats))
+            lambda size=size, dtype=dtype: train_step_part(size, dtype, repeats, batch, length))
            for size in sizes for dtype in dtypes]
-  parts += [('seeds', 'seeds', lambda: seeds_part(seeds_size, seeds, repeats)),
+
+  def atari():
+    step = next((r for r in result.get('train_step', [])
+                 if r['preset'] == atari_size and r['dtype'] == 'float32'), None)
+    return atari_projection(atari_size, repeats, acting_steps, step, batch, length)
+
+  parts += [('seeds', 'seeds', lambda: seeds_part(seeds_size, seeds, repeats, batch, length)),
             ('scaling', 'scaling', lambda: scaling_part(scaling_size, per_device_batch,
                                                         repeats)),
-            ('atari100k_projection', 'atari100k_projection',
-             lambda: atari_projection(atari_size, repeats, acting_steps))]
+            ('atari100k_projection', 'atari100k_projection', atari)]
   for name, key, measure in parts:
     if time.monotonic() - start > budget_s:
       result['skipped'].append(name)
