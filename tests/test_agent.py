@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.agents.agent import Agent, check_finite
-from dreamerjax.models import nets
+from dreamerjax.models import convs, nets, pooling, products
 from dreamerjax.run import configs
 
 B, T = 3, 8
@@ -226,7 +226,7 @@ def test_upsample_conv_equals_transposed_conv(channels, outputs):
       0, 2, 4, 1, 3, 5).reshape(2, 2, channels, 4 * outputs)
   want_fn = lambda x, k: jax.lax.conv_transpose(  # noqa: E731
       x, k, (2, 2), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  got_fn = lambda x, k: nets.upsample_conv(x, to_phases(k))  # noqa: E731
+  got_fn = lambda x, k: convs.upsample_conv(x, to_phases(k))  # noqa: E731
   want, got = want_fn(x, k4), got_fn(x, k4)
   assert got.shape == want.shape == (2, 10, 14, outputs)
   np.testing.assert_allclose(got, want, atol=1e-4)
@@ -246,15 +246,15 @@ def test_patch_conv_equals_conv(size, kernel, stride, pad):
   k = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 3, 5))
   want = jax.lax.conv_general_dilated(x, k, (stride, stride), [(pad, pad)] * 2,
                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  got = nets.patch_conv(x, k, stride, pad)
+  got = convs.patch_conv(x, k, stride, pad)
   assert got.shape == want.shape
   np.testing.assert_allclose(got, want, atol=1e-4)
-  # Gradients too: the patch product has its own VJP (`nets.rows_matmul`).
+  # Gradients too: the patch product has its own VJP (`products.rows_matmul`).
   cotangent = jax.random.normal(jax.random.PRNGKey(2), want.shape)
   want_grads = jax.grad(lambda x, k: jnp.sum(jax.lax.conv_general_dilated(
       x, k, (stride, stride), [(pad, pad)] * 2,
       dimension_numbers=('NHWC', 'HWIO', 'NHWC')) * cotangent), (0, 1))(x, k)
-  got_grads = jax.grad(lambda x, k: jnp.sum(nets.patch_conv(x, k, stride, pad) * cotangent),
+  got_grads = jax.grad(lambda x, k: jnp.sum(convs.patch_conv(x, k, stride, pad) * cotangent),
                        (0, 1))(x, k)
   for want_grad, got_grad in zip(want_grads, got_grads, strict=True):
     np.testing.assert_allclose(got_grad, want_grad, atol=1e-3, rtol=1e-4)
@@ -307,13 +307,13 @@ def test_norm_gradient_keeps_only_its_input(capsys):
 
 @pytest.mark.parametrize('rows,inputs,outputs', [(300, 64, 16), (300, 16, 64), (8, 64, 16)])
 def test_weight_grad_in_either_layout_is_x_transposed_times_g(rows, inputs, outputs):
-  """`nets.weight_grad` takes `(g.T @ x).T` for many rows and a wide input (the first case), else
-  `x.T @ g`; both are the weight's gradient. `Dense` differentiated through it (`rows_matmul`)
+  """`products.weight_grad` takes `(g.T @ x).T` for many rows and a wide input (the first case),
+  else `x.T @ g`; both are the weight's gradient. `Dense` differentiated through it (`rows_matmul`)
   equals flax's own `nn.Dense` with the same parameters, for the input and the parameters."""
   import flax.linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (rows, inputs))
   g = jax.random.normal(jax.random.PRNGKey(1), (rows, outputs))
-  np.testing.assert_allclose(nets.weight_grad(x, g), x.T @ g, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(products.weight_grad(x, g), x.T @ g, rtol=1e-4, atol=1e-3)
   layer = nets.Dense(outputs, norm='layer', bias=True)
   params = layer.init(jax.random.PRNGKey(2), x)
   plain = nn.Dense(outputs)
@@ -330,10 +330,10 @@ def test_space_to_depth_kernel_matches_strided_conv():
   k = jax.random.normal(jax.random.PRNGKey(1), (4, 4, 2, 3))
   dn = ('NHWC', 'HWIO', 'NHWC')
   want = jax.lax.conv_general_dilated(x, k, (2, 2), 'VALID', dimension_numbers=dn)
-  got = jax.lax.conv_general_dilated(nets.space_to_depth(x, 2), nets.kernel_to_depth(k, 2),
+  got = jax.lax.conv_general_dilated(pooling.space_to_depth(x, 2), convs.kernel_to_depth(k, 2),
                                      (1, 1), 'VALID', dimension_numbers=dn)
   np.testing.assert_allclose(got, want, atol=1e-4)
-  assert nets.space_to_depth(x, 2)[0, 1, 2].tolist() == [  # (row, column, channel) order
+  assert pooling.space_to_depth(x, 2)[0, 1, 2].tolist() == [  # (row, column, channel) order
       *x[0, 2, 4].tolist(), *x[0, 2, 5].tolist(), *x[0, 3, 4].tolist(), *x[0, 3, 5].tolist()]
 
 

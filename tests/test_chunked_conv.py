@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamerjax.models import chunked_conv, nets
+from dreamerjax.models import chunked_conv, convs
 
 
 def lax_conv(x, kernel):
@@ -101,10 +101,10 @@ def test_bfloat16_follows_the_input_dtype_and_keeps_a_float32_kernel_gradient():
 
 
 def test_default_same_conv_runs_thin_layers_without_lax_conv():
-  assert nets.SAME_CONV == 'auto' and nets.same_conv_form() == 'chunked'  # one CPU device
+  assert convs.SAME_CONV == 'auto' and convs.same_conv_form() == 'chunked'  # one CPU device
 
   def primitives(c, o):
-    fn = lambda x, k: jnp.sum(nets.same_conv(x, k, nets.SAME_CONV))  # noqa: E731
+    fn = lambda x, k: jnp.sum(convs.same_conv(x, k, convs.SAME_CONV))  # noqa: E731
     jaxpr = jax.make_jaxpr(jax.grad(fn, (0, 1)))(jnp.ones((2, 8, 8, c)), jnp.ones((5, 5, c, o)))
     return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
   assert 'conv_general_dilated' not in primitives(3, 32)
@@ -118,16 +118,16 @@ def test_sharded_batch_takes_the_form_without_a_frame_loop(run_with_devices):
   out = run_with_devices("""
       import jax, jax.numpy as jnp, numpy as np
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from dreamerjax.models import nets
+      from dreamerjax.models import convs
       mesh = Mesh(np.array(jax.devices()), ('data',))
       # A thin layer, 64 frames of 32x32: 8 chunks of 8192 pixels, so the loop runs over the
       # frames.
       x = jax.device_put(jnp.ones((64, 32, 32, 3)), NamedSharding(mesh, P('data')))
       kernel = jnp.ones((5, 5, 3, 9)) / 100
       def gathers(impl):
-        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(nets.same_conv(x, k, impl) ** 2), (0, 1)))
+        grad = jax.jit(jax.grad(lambda x, k: jnp.sum(convs.same_conv(x, k, impl) ** 2), (0, 1)))
         return grad.lower(x, kernel).compile().as_text().count('all-gather(')
-      print(nets.same_conv_form(), gathers('auto'), gathers('chunked'))
+      print(convs.same_conv_form(), gathers('auto'), gathers('chunked'))
   """)
   form, auto, chunked = out.split()
   assert form == 'lax' and int(auto) == 0 and int(chunked) > 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.analysis import benchmark, flops
-from dreamerjax.models import chunked_conv, nets
+from dreamerjax.models import chunked_conv, convs, nets
 from dreamerjax.run import configs
 
 # Trained parameters per part of the public code (github.com/danijar/dreamerv3 at e3f0224,
@@ -77,7 +77,7 @@ def test_same_conv_forms_equal_lax_conv_with_gradients(impl, channels, outputs):
   kernel = jax.random.normal(jax.random.key(1), (5, 5, channels, outputs))
   conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
       x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  ours = lambda x, k: nets.same_conv(x, k, impl)  # noqa: E731
+  ours = lambda x, k: convs.same_conv(x, k, impl)  # noqa: E731
   np.testing.assert_allclose(ours(x, kernel), conv(x, kernel), atol=1e-4)
   loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)))  # noqa: E731
   for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
@@ -103,7 +103,7 @@ def test_same_conv_forms_upsample_and_pool(impl, nearest, pool, channels, output
     n, h, w, c = y.shape
     return y.reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4)) if pool else y
 
-  ours = lambda x, k: nets.same_conv(x, k, impl, nearest, pool)  # noqa: E731
+  ours = lambda x, k: convs.same_conv(x, k, impl, nearest, pool)  # noqa: E731
   np.testing.assert_allclose(ours(x, kernel), reference(x, kernel), atol=1e-4)
   loss = lambda fn: lambda x, k: jnp.sum(jnp.sin(fn(x, k)))  # noqa: E731
   for got, want in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
@@ -112,17 +112,17 @@ def test_same_conv_forms_upsample_and_pool(impl, nearest, pool, channels, output
 
 
 def test_only_odd_same_convolutions_take_the_same_conv_path():
-  """`public2024`'s 5x5 convolutions run as `nets.SAME_CONV`; the `paper` forms (stride-2 4x4,
+  """`public2024`'s 5x5 convolutions run as `convs.SAME_CONV`; the `paper` forms (stride-2 4x4,
   the upsampling 2x2) keep their patch products, so their programs are unchanged."""
   def primitives(fn, *shapes):
     jaxpr = jax.make_jaxpr(jax.grad(lambda *a: jnp.sum(fn(*a)), tuple(range(len(shapes)))))(
         *[jnp.ones(shape) for shape in shapes])
     return {str(eqn.primitive) for eqn in jaxpr.jaxpr.eqns}
   assert 'conv_general_dilated' in primitives(
-      lambda x, k: nets.patch_conv(x, k, 1, 2), (2, 8, 8, 8), (5, 5, 8, 9))
+      lambda x, k: convs.patch_conv(x, k, 1, 2), (2, 8, 8, 8), (5, 5, 8, 9))
   assert 'conv_general_dilated' not in primitives(
-      lambda x, k: nets.patch_conv(x, k, 2, 1), (2, 8, 8, 4), (4, 4, 4, 6))
-  assert 'conv_general_dilated' not in primitives(nets.upsample_conv, (2, 4, 4, 8), (2, 2, 8, 24))
+      lambda x, k: convs.patch_conv(x, k, 2, 1), (2, 8, 8, 4), (4, 4, 4, 6))
+  assert 'conv_general_dilated' not in primitives(convs.upsample_conv, (2, 4, 4, 8), (2, 2, 8, 24))
 
 
 def test_counted_flops_include_convolutions_and_skip_dead_code():
@@ -141,13 +141,13 @@ def test_work_flops_count_the_direct_form_and_the_public_codes_repeated_policy_p
   # Ours: the chunked form runs an upsampled layer with 3 outputs (the decoder's image layer) at
   # its input's resolution, a 3x3 kernel with 4 x 3 outputs (`phase_kernel`), 2 x (2 x 4 x 4) x
   # 8 x (3 x 3 x 12); its work counts the direct form, 2 x (2 x 8 x 8 x 3) x (5 x 5 x 8).
-  monkeypatch.setattr(nets, 'SAME_CONV', 'chunked')
-  layer = lambda x, k: nets.same_conv(x, k, nets.SAME_CONV, nearest=True)  # noqa: E731
+  monkeypatch.setattr(convs, 'SAME_CONV', 'chunked')
+  layer = lambda x, k: convs.same_conv(x, k, convs.SAME_CONV, nearest=True)  # noqa: E731
   x, kernel = jnp.ones((2, 4, 4, 8)), jnp.ones((5, 5, 8, 3))
   phases = flops.matmul_flops(chunked_conv.phase_kernel, kernel)
   assert flops.matmul_flops(layer, x, kernel) == 55_296 + phases
   assert benchmark.direct_form_flops(layer, x, kernel) == 153_600  # the same function object
-  assert nets.SAME_CONV == 'chunked'
+  assert convs.SAME_CONV == 'chunked'
   # The public code's actor loss runs the policy again over the states its imagination loop ran
   # it on; by scope, its forward pass is the repeat and its gradient is not.
   from dreamerjax.analysis import public_driver

@@ -24,7 +24,7 @@ import numpy as np
 from dreamerjax.agents.agent import Agent
 from dreamerjax.analysis.conv_timing import layer_arrays
 from dreamerjax.analysis.flops import matmul_flops, matmul_peak
-from dreamerjax.models import nets
+from dreamerjax.models import convs, nets
 from dreamerjax.run import allocator, configs, logger, parallel, train
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
@@ -384,17 +384,17 @@ def params_by_part(agent: Agent, state) -> dict[str, int]:
 
 def direct_form_flops(fn, *args) -> float:
   """`matmul_flops` of `fn(*args)` with the stride-1 'SAME' convolutions in their direct form
-  (`nets.SAME_CONV = 'lax'`: upsample, convolve, pool, as the public code does): the work of the
+  (`convs.SAME_CONV = 'lax'`: upsample, convolve, pool, as the public code does): the work of the
   network itself. The form `auto` picks on one CPU device (`chunked`) computes each decoder layer
   by phases at its input's resolution (`chunked_conv.phase_kernel`): the same function with
   36 / 100 of that layer's products.
   """
-  form = nets.SAME_CONV
-  nets.SAME_CONV = 'lax'
+  form = convs.SAME_CONV
+  convs.SAME_CONV = 'lax'
   try:  # a new function: jax reuses a trace of the same function object, the form unseen
     return matmul_flops(lambda *inputs: fn(*inputs), *args)
   finally:
-    nets.SAME_CONV = form
+    convs.SAME_CONV = form
 
 
 def side_record(size: str, obs: str, arch: str = 'paper', batch: int = 16, length: int = 64,
@@ -453,14 +453,14 @@ def cnn_profile(size: str, arch: str, batch: int = 16, length: int = 64,
 def conv_profile(depth: int, frames: int = 1024, kernel: int = 5, impls=('lax', 'rows', 'patch'),
                  repeats: int = 3) -> list[dict]:
   """Forward plus backward seconds of each stride-1 `kernel` convolution of `arch=public2024`
-  (`conv_shapes`) alone over `frames` frames, per formulation of `nets.same_conv`: per shape, one
+  (`conv_shapes`) alone over `frames` frames, per formulation of `convs.same_conv`: per shape, one
   call of each formulation in turn, `repeats` rounds (so that load on a shared host falls on all
   alike), after one warm-up call each; the record keeps each one's calls and their minimum. The
   first encoder layer differentiates the kernel only (the image needs no gradient)."""
   records = []
   for shape, x, weights, cotangent, argnums in layer_arrays(depth, frames, kernel):
     grads = {name: jax.jit(jax.grad(
-        lambda x, w, g, impl=name: jnp.vdot(nets.same_conv(x, w, impl), g), argnums))
+        lambda x, w, g, impl=name: jnp.vdot(convs.same_conv(x, w, impl), g), argnums))
         for name in impls}
     for grad in grads.values():
       jax.block_until_ready(grad(x, weights, cotangent))

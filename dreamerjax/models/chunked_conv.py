@@ -31,7 +31,7 @@ never leave the cache. Per layer and per update at 12m, timed in docs/benchmarks
                            matrix of g.
 
 `x [N, H, W, C]`, `kernel [k, k, C, O]` (k odd, zero padding (k-1)/2 on every side). Every form
-computes the same function as the direct one (`nets.same_conv(..., 'lax')`: upsample, convolve,
+computes the same function as the direct one (`convs.same_conv(..., 'lax')`: upsample, convolve,
 pool), whose products `benchmark.direct_form_flops` counts as the network's work; all agree
 with `lax.conv_general_dilated` (and autodiff pooling) to float tolerance, gradients included
 (tests/test_chunked_conv.py).

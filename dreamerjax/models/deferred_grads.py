@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from dreamerjax.models import nets
+from dreamerjax.models import nets, products
 
 LINEAR = (nn.Dense, nets.BlockLinear)
 
@@ -325,7 +325,7 @@ def _replayed_linear_fwd(x, kernel, bias, y):
 def _replayed_linear_bwd(residuals, g):
   x, kernel, bias = residuals
   dtype = g.dtype  # the layer's compute dtype, that of its recorded output
-  d_x, d_kernel = nets.linear_grads(x.astype(dtype), kernel.astype(dtype), g)
+  d_x, d_kernel = products.linear_grads(x.astype(dtype), kernel.astype(dtype), g)
   d_bias = None if bias is None else jnp.sum(g.reshape(-1, g.shape[-1]), 0).astype(bias.dtype)
   return d_x.astype(x.dtype), d_kernel.astype(kernel.dtype), d_bias, jnp.zeros_like(g)
 
