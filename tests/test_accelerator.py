@@ -22,6 +22,8 @@ def test_suite_writes_every_part(tmp_path):
   assert 'peak_memory_bytes' in step  # None on CPU, bytes on GPUs
   seeds = written['seeds']
   assert seeds['seeds'] == 2 and seeds['ratio'] > 0
+  # The single agent is the float32 update timed above, not compiled again.
+  assert seeds['one']['step_s'] == step['step_s'] and 'step_s' in seeds['vmapped']
   assert [r['devices'] for r in written['scaling']] == [1]
   atari = written['atari100k_projection']
   assert atari['updates'] == int(100_000 * atari['train_ratio'] / (16 * 64))

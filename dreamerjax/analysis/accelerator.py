@@ -5,7 +5,8 @@ in 10 minutes on one GPU. It measures, on the devices of the host it runs on:
   compute dtype (float32, bfloat16): compile s, s per update, achieved FLOP/s and the device's
   peak memory over that measurement;
 - K agents vmapped in one program (`num_seeds`-style, one train step of K stacked states on
-  K batches) against one agent: replayed steps per second and their ratio;
+  K batches) against one agent (the float32 `train_step` record of that size where there is
+  one): replayed steps per second and their ratio;
 - weak scaling over the devices present (1, 2, 4, ... up to the device count): a fixed batch
   per device, `benchmark.scaling_record` in fresh processes;
 - one Atari 100k run's projected wall-clock: updates (100k env steps x train ratio / batch
@@ -48,12 +49,17 @@ def train_step_part(size: str, dtype: str, repeats: int, batch: int = 16,
 
 
 def seeds_part(size: str, seeds: int, repeats: int, batch: int = 16, length: int = 64,
-               actions: int = 17) -> dict:
-  """Replayed steps/s of `seeds` agents vmapped in one train step against one agent."""
+               actions: int = 17, one: dict | None = None) -> dict:
+  """Replayed steps/s of `seeds` agents vmapped in one train step against one agent: `one`, a
+  float32 `train_step_record` of the same size and batch that the suite already made, or else one
+  agent vmapped alone."""
   agent = benchmark.bench_agent(size, 'image', actions)
   data = benchmark.synthetic_batch(benchmark.OBS_SPACES['image'], batch, length, actions)
   rates = {}
-  for k in (1, seeds):
+  if one is not None:
+    rates[1] = {'compile_s': one['compile_s'], 'step_s': one['step_s'],
+                'replayed_steps_per_s': round(batch * length / one['step_s'], 1)}
+  for k in (1, seeds) if one is None else (seeds,):
     keys = jax.random.split(jax.random.key(0), k)
     state = jax.jit(jax.vmap(agent.init))(keys)
     stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), data)  # noqa: B023
@@ -110,22 +116,26 @@ def run_suite(out: str, sizes=('12m', '50m'), dtypes=('float32', 'bfloat16'), se
               budget_s: float = 540.0, batch: int = 16, length: int = 64) -> dict:
   """Runs every part (see the module doc), writing `out` after each; returns the result.
   `batch x length` is the update's batch in every part but weak scaling (`per_device_batch`);
-  the Atari projection reuses the float32 update of `atari_size` where that was measured."""
+  the seeds part's single agent and the Atari projection reuse the float32 update of their size
+  where the suite timed it (one compile each fewer: 12m by default)."""
   start = time.monotonic()
   result = {'machine': benchmark.machine(), 'budget_s': budget_s, 'skipped': []}
   parts = [(f'train_step/{size}/{dtype}', 'train_step',
             lambda size=size, dtype=dtype: train_step_part(size, dtype, repeats, batch, length))
            for size in sizes for dtype in dtypes]
 
-  def atari():
-    step = next((r for r in result.get('train_step', [])
-                 if r['preset'] == atari_size and r['dtype'] == 'float32'), None)
-    return atari_projection(atari_size, repeats, acting_steps, step, batch, length)
+  def measured(size):
+    """The float32 update of `size` that the suite has timed, if any (at `batch x length`)."""
+    return next((r for r in result.get('train_step', [])
+                 if r['preset'] == size and r['dtype'] == 'float32'), None)
 
-  parts += [('seeds', 'seeds', lambda: seeds_part(seeds_size, seeds, repeats, batch, length)),
+  parts += [('seeds', 'seeds', lambda: seeds_part(seeds_size, seeds, repeats, batch, length,
+                                                  one=measured(seeds_size))),
             ('scaling', 'scaling', lambda: scaling_part(scaling_size, per_device_batch,
                                                         repeats)),
-            ('atari100k_projection', 'atari100k_projection', atari)]
+            ('atari100k_projection', 'atari100k_projection',
+             lambda: atari_projection(atari_size, repeats, acting_steps, measured(atari_size),
+                                      batch, length))]
   for name, key, measure in parts:
     if time.monotonic() - start > budget_s:
       result['skipped'].append(name)
