@@ -36,7 +36,7 @@ train: install
 	$(PY) scripts/train.py --config=experiments/classic.py:task=CartPole-v1 --workdir=$(WORKDIR) $(ARGS)
 
 test: install
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests  # the slowest 15, to keep the suite in its budget
 
 # Trains the default on seeds 0 1 2 (one after another) and checks that each learns and holds.
 learning-check: install
