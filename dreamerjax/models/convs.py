@@ -265,9 +265,14 @@ def upsample_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _upsample_overlap_add(x, kernel)
   y = patch_conv(x, kernel, stride=1, pad=1)                 # [N, H+1, W+1, 4 * O]
   y = y.reshape(n, h + 1, w + 1, 2, 2, -1)
-  phases = [[y[:, p:p + h, q:q + w, p, q] for q in (0, 1)] for p in (0, 1)]
-  y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)    # [N, H, 2, W, 2, O]
-  return y.reshape(n, 2 * h, 2 * w, -1)
+  return _interleave([y[:, p:p + h, q:q + w, p, q] for p in (0, 1) for q in (0, 1)])
+
+
+def _interleave(phases: list[jax.Array]) -> jax.Array:
+  """The four output phases `[N, H, W, O]`, in (row, column) order, put at their pixels:
+  `[N, 2 H, 2 W, O]` (`pooling.depth_to_space`)."""
+  n, h, w, _ = phases[0].shape
+  return pooling.depth_to_space(jnp.stack(phases, 3).reshape(n, h, w, -1), 2)
 
 
 def _upsample_overlap_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -282,12 +287,11 @@ def _upsample_overlap_add(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _overlap_add(z: jax.Array) -> jax.Array:
   """`[N, H, W, a, b, p, q, O]` -> `[N, 2H, 2W, O]`: output phase `(p, q)` at `(i, j)` sums tap
   `(a, b)` of input pixel `(i + p + a - 1, j + q + b - 1)` (zero outside the input)."""
-  n, h, w = z.shape[:3]
+  h, w = z.shape[1:3]
   z = jnp.pad(z, ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
-  phases = [[sum(z[:, p + a:p + a + h, q + b:q + b + w, a, b, p, q] for a in (0, 1) for b in (0, 1))
-             for q in (0, 1)] for p in (0, 1)]
-  y = jnp.stack([jnp.stack(row, 3) for row in phases], 2)    # [N, H, 2, W, 2, O]
-  return y.reshape(n, 2 * h, 2 * w, -1)
+  return _interleave([sum(z[:, p + a:p + a + h, q + b:q + b + w, a, b, p, q]
+                          for a in (0, 1) for b in (0, 1))
+                      for p in (0, 1) for q in (0, 1)])
 
 
 def _overlap_add_fwd(z):
