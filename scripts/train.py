@@ -26,7 +26,7 @@ allocator.use_fast_allocator()  # re-executes under jemalloc, else glibc huge pa
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dreamerjax.run import cli, configs  # noqa: E402
+from dreamerjax.run import cli, configs, validation  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment file and options, e.g. experiments/classic.py:task=CartPole-v1.',
@@ -44,7 +44,7 @@ def main(argv):
   cli.start(argv)
   # A value out of its range is refused before the slow imports (jax, the models, envpool); the
   # run checks the config against its devices once they are known.
-  configs.validate(configs.resolve(_CONFIG.value))
+  validation.validate(configs.resolve(_CONFIG.value))
   from dreamerjax.run import parallel, train
 
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

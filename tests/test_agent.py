@@ -8,7 +8,7 @@ import pytest
 
 from dreamerjax.agents.agent import Agent, check_finite
 from dreamerjax.models import convs, nets, pooling, products
-from dreamerjax.run import configs
+from dreamerjax.run import configs, validation
 
 B, T = 3, 8
 
@@ -407,4 +407,4 @@ def test_replay_context_starts_from_the_stored_state():
   config = configs.base()
   configs.update(config, {'model': {'replay_context': True, 'dynamics': 'ssm'}})
   with pytest.raises(ValueError, match='replay_context=True needs --config.model.dynamics=rssm'):
-    configs.validate(configs.resolve(config))
+    validation.validate(configs.resolve(config))

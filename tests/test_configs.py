@@ -1,4 +1,4 @@
-"""The valid range of every option (configs.RULES), conflicting options, and configuration errors
+"""The valid range of every option (validation.RULES), conflicting options, and configuration errors
 as one line on stderr with exit status 2."""
 
 import math
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dreamerjax.run import configs
+from dreamerjax.run import configs, validation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,27 +23,27 @@ def resolved(variant: str) -> configs.ml_collections.ConfigDict:
 
 def test_every_numeric_option_of_every_variant_has_a_rule():
   for variant in configs.VARIANTS:
-    missing = [path for path in configs.numeric_options(resolved(variant))
-               if path not in configs.RULES]
-    assert not missing, f'{variant}: no rule in configs.RULES for {missing}'
-  assert set(configs.RULES) <= set(configs.all_options(configs.base()))
+    missing = [path for path in validation.numeric_options(resolved(variant))
+               if path not in validation.RULES]
+    assert not missing, f'{variant}: no rule in validation.RULES for {missing}'
+  assert set(validation.RULES) <= set(validation.all_options(configs.base()))
 
 
 def test_defaults_of_every_variant_and_suite_are_valid(monkeypatch):
   monkeypatch.setattr(os.path, 'isfile', lambda path: True)  # dreamerv4's dataset manifest
   for variant in configs.VARIANTS:
-    configs.validate(resolved(variant))
+    validation.validate(resolved(variant))
   for name in ('classic', 'atari100k', 'atari', 'dmc_proprio', 'dmc_vision'):
     module = configs.load_file(os.path.join(ROOT, 'experiments', f'{name}.py'))
     for arg in (None, 'debug'):
-      configs.validate(configs.resolve(module.get_config(arg)))
+      validation.validate(configs.resolve(module.get_config(arg)))
 
 
 @pytest.mark.reliability
 def test_each_option_out_of_range_is_refused_naming_its_flag(figure):
   config = resolved('dreamerv3')
-  figure('bad inputs refused', cases=len(configs.RULES))
-  for path, rule in configs.RULES.items():
+  figure('bad inputs refused', cases=len(validation.RULES))
+  for path, rule in validation.RULES.items():
     changed = configs.ml_collections.ConfigDict(config.to_dict())
     *parents, key = path.split('.')
     section = changed
@@ -52,20 +52,20 @@ def test_each_option_out_of_range_is_refused_naming_its_flag(figure):
     with section.ignore_type():
       section[key] = rule.refused_example()
     with pytest.raises(configs.ConfigError, match=f'--config.{path} must be') as error:
-      configs.validate(changed)
+      validation.validate(changed)
     assert '\n' not in str(error.value)
 
 
 def test_rules_refuse_nan_inf_bools_and_fractions_of_counts():
-  assert not configs.RULES['optim.model_lr'].allows(math.nan)
-  assert not configs.RULES['run.save_every_minutes'].allows(math.inf)
-  assert not configs.RULES['run.steps'].allows(True)
-  assert not configs.RULES['run.steps'].allows(1.5)
-  assert not configs.RULES['env.image_size'].allows(40)
-  assert configs.RULES['agent.actor_grad_mix'].allows(-1.0)
-  assert not configs.RULES['agent.actor_grad_mix'].allows(-0.5)
-  assert configs.RULES['env.max_episode_steps'].allows(None)
-  assert configs.RULES['agent.return_norm_percentiles'].allows([5.0, 95.0])  # from config.json
+  assert not validation.RULES['optim.model_lr'].allows(math.nan)
+  assert not validation.RULES['run.save_every_minutes'].allows(math.inf)
+  assert not validation.RULES['run.steps'].allows(True)
+  assert not validation.RULES['run.steps'].allows(1.5)
+  assert not validation.RULES['env.image_size'].allows(40)
+  assert validation.RULES['agent.actor_grad_mix'].allows(-1.0)
+  assert not validation.RULES['agent.actor_grad_mix'].allows(-0.5)
+  assert validation.RULES['env.max_episode_steps'].allows(None)
+  assert validation.RULES['agent.return_norm_percentiles'].allows([5.0, 95.0])  # from config.json
 
 
 def test_explicit_size_wins_over_debug_and_variant_values(caplog):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.data import device_envs, envs, vector_env
-from dreamerjax.run import configs, device_loop, train
+from dreamerjax.run import configs, device_loop, train, validation
 from dreamerjax.run.logger import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,11 +116,11 @@ def test_device_loop_needs_one_seed():
   config = device_config(100)
   config.num_seeds = 2
   with pytest.raises(configs.ConfigError, match='num_seeds must be 1 with --config.run.loop'):
-    configs.validate(configs.resolve(config))
+    validation.validate(configs.resolve(config))
 
 
 def test_loop_options_are_checked():
   for change in ({'loop': 'gpu'}, {'loop_steps': 0}):
     config = device_config(100, **change)
     with pytest.raises(configs.ConfigError):
-      configs.validate(configs.resolve(config))
+      validation.validate(configs.resolve(config))

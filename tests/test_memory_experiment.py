@@ -12,7 +12,7 @@ import pytest
 from dreamerjax.agents.agent import Agent
 from dreamerjax.analysis import benchmark, memory_probe, memory_table
 from dreamerjax.data import memory
-from dreamerjax.run import configs, sweeps
+from dreamerjax.run import configs, sweeps, validation
 from dreamerjax.run.logger import eval_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ EXPERIMENT = configs.load_file(os.path.join(ROOT, 'experiments', 'memory.py'))
 
 def config_of(options: str) -> configs.ml_collections.ConfigDict:
   config = configs.resolve(EXPERIMENT.get_config(options))
-  configs.validate(config)
+  validation.validate(config)
   return config
 
 

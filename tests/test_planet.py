@@ -11,7 +11,7 @@ import pytest
 from dreamerjax.agents import planner
 from dreamerjax.analysis import probes
 from dreamerjax.models import openloop
-from dreamerjax.run import configs, logger
+from dreamerjax.run import configs, logger, validation
 from tests.test_train import train_script
 from tests.toy_models import ToyDynamics, ToyWorldModel, toy_batch
 
@@ -94,7 +94,7 @@ def test_bad_planet_and_worldmodels_values_are_named(change, message):
   config = configs.resolve(configs.experiment(f'variant={variant},debug', {}))
   configs.update(config, change)
   with pytest.raises(ValueError, match=message):
-    configs.validate(config)
+    validation.validate(config)
 
 
 def test_planet_trains_on_cartpole_end_to_end(tmp_path):

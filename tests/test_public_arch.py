@@ -10,7 +10,7 @@ import pytest
 
 from dreamerjax.analysis import benchmark, flops
 from dreamerjax.models import chunked_conv, convs, nets
-from dreamerjax.run import configs
+from dreamerjax.run import configs, validation
 
 # Trained parameters per part of the public code (github.com/danijar/dreamerv3 at e3f0224,
 # batch 16 x 64, 17 discrete actions, 64x64x3 image or 17-dim vector observations), measured in
@@ -54,7 +54,7 @@ def test_public2024_needs_rssm_dynamics():
   config = configs.base()
   config.variant, config.model.arch = 'storm', 'public2024'
   with pytest.raises(configs.ConfigError, match='arch=public2024 needs'):
-    configs.validate(configs.resolve(config))
+    validation.validate(configs.resolve(config))
 
 
 def test_pool_encoder_and_decoder_shapes():

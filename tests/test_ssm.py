@@ -11,7 +11,7 @@ from test_agent import B, T, make_agent, make_batch, train_and_act
 from test_transformer import observe_ones, observed
 
 from dreamerjax.models import ssm
-from dreamerjax.run import configs
+from dreamerjax.run import configs, validation
 
 A = 3
 
@@ -129,7 +129,7 @@ def test_presets_match_the_rssm_parameter_count():
   assert configs.resolve(config).model.width == configs.SSM_SIZES['12m']['width']
   config.model.latent = 'gaussian'
   with pytest.raises(ValueError, match='latent must be categorical'):
-    configs.validate(configs.resolve(config))
+    validation.validate(configs.resolve(config))
 
 
 def test_world_model_loss_falls_on_a_fixed_batch():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_agent import B, T, make_agent, make_batch, train_and_act
 
-from dreamerjax.run import configs
+from dreamerjax.run import configs, validation
 
 A = 3
 
@@ -90,7 +90,7 @@ def test_bad_transformer_config(change, message):
   config.size = 'debug'
   configs.update(config, change)
   with pytest.raises(ValueError, match=message):
-    configs.validate(configs.resolve(config))
+    validation.validate(configs.resolve(config))
 
 
 def test_attention_is_causal_and_masked_at_is_first():
@@ -175,7 +175,7 @@ def test_long_context_trains_on_sequences_of_twice_its_length():
   config = _variant('storm')
   config.size = 'debug'
   configs.update(config, {'model': {'context': 121}, 'run': {'batch_length': 242}})
-  configs.validate(configs.resolve(config))
+  validation.validate(configs.resolve(config))
   length, context = 122, 61
   agent = transformer_agent(context=context)
   assert agent.config.model.context == context

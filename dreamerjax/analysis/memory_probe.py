@@ -28,7 +28,7 @@ import numpy as np
 from dreamerjax.agents.agent import Agent, _update
 from dreamerjax.analysis import probes
 from dreamerjax.data import jax_envs, memory, replay
-from dreamerjax.run import common, configs
+from dreamerjax.run import common, configs, validation
 from dreamerjax.run.offline import add_many
 
 PROBE_FILE = 'memory_probe.json'
@@ -296,7 +296,7 @@ def world_model_tier(config: ml_collections.ConfigDict, updates: int = 1000, num
   (default 0, L/2, L) on as many fresh random-policy steps. Writes `memory_world_model.json` to
   `out_dir` if given; returns the result with its measured seconds."""
   config = configs.resolve(config)
-  configs.validate(config)
+  validation.validate(config)
   env = jax_envs.resolve(config.task.removeprefix('jax:'))
   span = memory.span(config.task)
   steps = steps or 40 * env.episode_length

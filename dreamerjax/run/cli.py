@@ -43,9 +43,9 @@ def fail(message: str, exit_code: int) -> None:
 
 def _unknown_option(argv: list[str]) -> str | None:
   """The first `--config.<path>` of `argv` that names no option, with close matches."""
-  from dreamerjax.run import configs
+  from dreamerjax.run import configs, validation
 
-  known = configs.all_options(configs.base())
+  known = validation.all_options(configs.base())
   for argument in argv[1:]:
     if argument.startswith('--config.'):
       path = argument[len('--config.'):].split('=', 1)[0]

@@ -26,7 +26,7 @@ from dreamerjax.agents.agent import Agent
 from dreamerjax.data import envs, replay, vector_env
 from dreamerjax.data.envgroup import EnvGroup
 from dreamerjax.models import openloop
-from dreamerjax.run import configs, errors, lock, parallel
+from dreamerjax.run import configs, errors, lock, parallel, validation
 from dreamerjax.run.checkpoint import Checkpointer
 from dreamerjax.run.logger import METRICS_FILE, Logger
 
@@ -49,7 +49,7 @@ def setup(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict,
   if config.run.compile_cache and not jax.config.jax_compilation_cache_dir:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.run.compile_cache))
   mesh = parallel.make_mesh(config.parallel.devices)
-  configs.validate(config, mesh.size)
+  validation.validate(config, mesh.size)
   return config, mesh
 
 

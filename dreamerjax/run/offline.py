@@ -17,7 +17,7 @@ from absl import logging
 
 from dreamerjax.agents.agent import Agent, check_finite
 from dreamerjax.data import dataset, replay
-from dreamerjax.run import common, configs, parallel
+from dreamerjax.run import common, parallel, validation
 from dreamerjax.run.logger import EVAL_RETURN_KEY, eval_metrics, plot_curve
 
 
@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        env.act_space.num_actions)
   config = prepare_config(config, manifest)
   mesh = parallel.make_mesh(config.parallel.devices)
-  configs.validate(config, mesh.size)
+  validation.validate(config, mesh.size)
   layout = parallel.Layout(mesh, 1)
   agent = Agent(config, env.obs_space, env.act_space.discrete, env.act_space.num_actions)
   programs, make_state, make_replay = common.build(agent, layout, config, dataset.spec(manifest))
