@@ -17,6 +17,10 @@ def test_preload_environ_adds_the_library_once():
   assert environ == {'PATH': '/bin', 'LD_PRELOAD': LIB, 'MALLOC_CONF': allocator.MALLOC_CONF}
   # Already running under it (e.g. after the re-exec, or a sweep worker): nothing to do.
   assert allocator.preload_environ(environ, LIB) is None
+  # Preloaded by the user without MALLOC_CONF: once more with it, the library not added again.
+  preloaded = {'PATH': '/bin', 'LD_PRELOAD': LIB}
+  assert allocator.preload_environ(preloaded, LIB) == environ
+  assert allocator.preload_environ({**preloaded, 'MALLOC_CONF': 'narenas:2'}, LIB) is None
 
 
 def test_preload_environ_keeps_user_settings():
