@@ -95,18 +95,24 @@ def test_percentile_return_normalization():
 
 
 def test_straight_through_gradient_is_identity():
-  logits = jnp.array([[0.3, -0.2, 1.0]])
-  probs_fn = lambda lg: jax.nn.softmax(lg, -1)  # noqa: E731
-
-  def sampled(lg):
-    return jnp.sum(dists.categorical_sample(jax.random.key(0), lg) * jnp.array([1.0, 2.0, 3.0]))
-
-  def relaxed(lg):
-    return jnp.sum(probs_fn(lg) * jnp.array([1.0, 2.0, 3.0]))
-
-  sample = dists.categorical_sample(jax.random.key(0), logits)
+  """The sample's gradient with respect to the raw logits is that of the softmax of its
+  log-probabilities (`categorical_probs` takes their `exp` instead, which changes the gradient
+  with respect to the log-probabilities, not the raw logits), with and without unimix."""
+  raw = jnp.array([[0.3, -0.2, 1.0], [2.0, -1.0, 0.5]])
+  weights = jnp.array([1.0, 2.0, 3.0])
+  for unimix in (0.01, 0.0):
+    sampled = lambda lg, unimix=unimix: jnp.sum(dists.categorical_sample(  # noqa: E731
+        jax.random.key(0), dists.unimix_logits(lg, unimix)) * weights)
+    relaxed = lambda lg, unimix=unimix: jnp.sum(jax.nn.softmax(  # noqa: E731
+        dists.unimix_logits(lg, unimix), -1) * weights)
+    moded = lambda lg, unimix=unimix: jnp.sum(dists.categorical_mode(  # noqa: E731
+        dists.unimix_logits(lg, unimix)) * weights)
+    np.testing.assert_allclose(jax.grad(sampled)(raw), jax.grad(relaxed)(raw), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(jax.grad(moded)(raw), jax.grad(relaxed)(raw), rtol=1e-5,
+                               atol=1e-7)
+  sample = dists.categorical_sample(jax.random.key(0), dists.unimix_logits(raw, 0.01))
   assert set(np.unique(np.asarray(sample)).round(6)) <= {0.0, 1.0}
-  np.testing.assert_allclose(jax.grad(sampled)(logits), jax.grad(relaxed)(logits), rtol=1e-6)
   # The backward pass of straight_through w.r.t. probs is exactly the identity.
   probs = jnp.array([0.2, 0.8])
   jacobian = jax.jacobian(lambda p: ops.straight_through(jnp.array([0.0, 1.0]), p))(probs)
