@@ -93,6 +93,20 @@ def test_use_fast_allocator_reexecutes_with_the_same_arguments(choice, loaded):
   assert out.strip() == f"{loaded} ['--flag=1', 'x']"
 
 
+@pytest.mark.skipif(allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
+                    reason='jemalloc is not installed (apt install libjemalloc2)')
+def test_use_fast_allocator_adds_malloc_conf_to_a_preloaded_jemalloc():
+  """Started with jemalloc preloaded by hand and no MALLOC_CONF: one re-execution adds it."""
+  environ = {k: v for k, v in os.environ.items() if k not in ('MALLOC_CONF', allocator.SWITCH)}
+  environ['LD_PRELOAD'] = allocator.find_jemalloc()
+  probe = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); import os; '
+           'print(os.environ.get("MALLOC_CONF"))')
+  out = subprocess.run([sys.executable, '-c', probe], env=environ, check=True, capture_output=True,
+                       text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(
+                           __file__)))).stdout
+  assert out.strip() == allocator.MALLOC_CONF
+
+
 # Takes 256 MB from glibc's malloc directly (numpy asks for huge pages itself) and reports
 # whether the kernel was asked to back that mapping with huge pages: the `hg` flag
 # (MADV_HUGEPAGE) in its /proc/self/smaps entry, which does not depend on free memory.
