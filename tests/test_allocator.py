@@ -10,6 +10,10 @@ import pytest
 from dreamerjax.run import allocator
 
 LIB = '/opt/lib/libjemalloc.so.2'
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the probes import dreamerjax
+needs_jemalloc = pytest.mark.skipif(
+    allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
+    reason='jemalloc is not installed (apt install libjemalloc2)')
 
 
 def test_preload_environ_adds_the_library_once():
@@ -81,20 +85,17 @@ _PROBE = ('from dreamerjax.run import allocator; allocator.use_fast_allocator();
           'print(int("jemalloc" in open("/proc/self/maps").read()), sys.argv[1:])')
 
 
-@pytest.mark.skipif(allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
-                    reason='jemalloc is not installed (apt install libjemalloc2)')
+@needs_jemalloc
 @pytest.mark.parametrize('choice,loaded', [('jemalloc', 1), ('system', 0)])
 def test_use_fast_allocator_reexecutes_with_the_same_arguments(choice, loaded):
   environ = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'MALLOC_CONF')}
   environ[allocator.SWITCH] = choice
   out = subprocess.run([sys.executable, '-c', _PROBE, '--flag=1', 'x'], env=environ, check=True,
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
-                           os.path.abspath(__file__)))).stdout
+                       capture_output=True, text=True, cwd=ROOT).stdout
   assert out.strip() == f"{loaded} ['--flag=1', 'x']"
 
 
-@pytest.mark.skipif(allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
-                    reason='jemalloc is not installed (apt install libjemalloc2)')
+@needs_jemalloc
 def test_use_fast_allocator_adds_malloc_conf_to_a_preloaded_jemalloc():
   """Started with jemalloc preloaded by hand and no MALLOC_CONF: one re-execution adds it."""
   environ = {k: v for k, v in os.environ.items() if k not in ('MALLOC_CONF', allocator.SWITCH)}
@@ -102,8 +103,7 @@ def test_use_fast_allocator_adds_malloc_conf_to_a_preloaded_jemalloc():
   probe = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); import os; '
            'print(os.environ.get("MALLOC_CONF"))')
   out = subprocess.run([sys.executable, '-c', probe], env=environ, check=True, capture_output=True,
-                       text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(
-                           __file__)))).stdout
+                       text=True, cwd=ROOT).stdout
   assert out.strip() == allocator.MALLOC_CONF
 
 
@@ -131,11 +131,10 @@ _HUGE_PROBE = (
 def test_use_fast_allocator_falls_back_to_glibc_huge_pages():
   environ = {k: v for k, v in os.environ.items()
              if k not in ('LD_PRELOAD', 'MALLOC_CONF', 'GLIBC_TUNABLES', allocator.SWITCH)}
-  cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
   def run(env):
     return subprocess.run([sys.executable, '-c', _HUGE_PROBE], env=env, check=True,
-                          capture_output=True, text=True, cwd=cwd).stdout.strip()
+                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
   assert run(environ) == 'glibc-huge-pages 1'
   assert run({**environ, allocator.SWITCH: 'system'}) == 'system 0'
