@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from dreamerjax.run import allocator
+from tests.conftest import REPOSITORY_ROOT
 
 LIB = '/opt/lib/libjemalloc.so.2'
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the probes import dreamerjax
 needs_jemalloc = pytest.mark.skipif(
     allocator.find_jemalloc() is None or not sys.platform.startswith('linux'),
     reason='jemalloc is not installed (apt install libjemalloc2)')
@@ -91,7 +91,7 @@ def test_use_fast_allocator_reexecutes_with_the_same_arguments(choice, loaded):
   environ = {k: v for k, v in os.environ.items() if k not in ('LD_PRELOAD', 'MALLOC_CONF')}
   environ[allocator.SWITCH] = choice
   out = subprocess.run([sys.executable, '-c', _PROBE, '--flag=1', 'x'], env=environ, check=True,
-                       capture_output=True, text=True, cwd=ROOT).stdout
+                       capture_output=True, text=True, cwd=REPOSITORY_ROOT).stdout
   assert out.strip() == f"{loaded} ['--flag=1', 'x']"
 
 
@@ -103,7 +103,7 @@ def test_use_fast_allocator_adds_malloc_conf_to_a_preloaded_jemalloc():
   probe = ('from dreamerjax.run import allocator; allocator.use_fast_allocator(); import os; '
            'print(os.environ.get("MALLOC_CONF"))')
   out = subprocess.run([sys.executable, '-c', probe], env=environ, check=True, capture_output=True,
-                       text=True, cwd=ROOT).stdout
+                       text=True, cwd=REPOSITORY_ROOT).stdout
   assert out.strip() == allocator.MALLOC_CONF
 
 
@@ -134,7 +134,7 @@ def test_use_fast_allocator_falls_back_to_glibc_huge_pages():
 
   def run(env):
     return subprocess.run([sys.executable, '-c', _HUGE_PROBE], env=env, check=True,
-                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+                          capture_output=True, text=True, cwd=REPOSITORY_ROOT).stdout.strip()
 
   assert run(environ) == 'glibc-huge-pages 1'
   assert run({**environ, allocator.SWITCH: 'system'}) == 'system 0'
