@@ -9,11 +9,17 @@ import textwrap
 import pytest
 
 REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = str(REPOSITORY_ROOT)  # the same, as a string: subprocess arguments and generated code
 
 # Tests run tiny shapes, where XLA's compile time dominates: skip LLVM's expensive passes (about
-# 2x faster compiles) and share compiled programs between test processes and subprocesses.
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0'
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# 2x faster compiles), emit fusions the older way (another 30-50% off a debug train step's
+# compile at that level), and share compiled programs between test processes and subprocesses.
+# Both flags are for tests only: at full optimization the older emitters compile the 1m image
+# update slower and run it slower (docs/benchmarks.md, "Compile time in the test suite").
+TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+# Test modules import this file as `tests.conftest`, a second copy of it: append the flag once.
+if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(REPOSITORY_ROOT / '.pytest_cache' / 'xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 

@@ -9,8 +9,7 @@ import sys
 import pytest
 
 from dreamerjax.run import configs, validation
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 
 
 def resolved(variant: str) -> configs.ml_collections.ConfigDict:

@@ -10,8 +10,8 @@ import pytest
 from dreamerjax.data import device_envs, envs, vector_env
 from dreamerjax.run import configs, device_loop, train, validation
 from dreamerjax.run.logger import read_metrics
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ('reward', 'is_first', 'is_last', 'is_terminal')
 
 

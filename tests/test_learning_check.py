@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 from dreamerjax.analysis import learning_check
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 
 
 def write_run(workdir, evals, seconds_per_step=0.02, steps=40_000, seed=0, resumed_from=None):

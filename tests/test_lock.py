@@ -15,8 +15,7 @@ import pytest
 
 from dreamerjax.run import common, errors, lock
 from dreamerjax.run.checkpoint import Checkpointer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 
 
 def write_lock(workdir, age_seconds=0.0, **holder):

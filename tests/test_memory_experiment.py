@@ -14,8 +14,8 @@ from dreamerjax.analysis import benchmark, memory_probe, memory_table
 from dreamerjax.data import memory
 from dreamerjax.run import configs, sweeps, validation
 from dreamerjax.run.logger import eval_metrics
+from tests.conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = configs.load_file(os.path.join(ROOT, 'experiments', 'memory.py'))
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from dreamerjax.data import dataset, replay, vector_env
 from dreamerjax.run import common, configs, evaluation, logger, offline, record, train
+from tests.conftest import ROOT
 from tests.test_planet import check_probes
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 2
 OBS = {'vector': ((3,), np.float32)}
 

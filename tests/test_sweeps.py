@@ -11,8 +11,8 @@ import time
 import pytest
 
 from dreamerjax.run import sweeps
+from tests.conftest import REPOSITORY_ROOT
 
-REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SWEEP_DIR = REPOSITORY_ROOT / 'experiments' / 'sweeps'
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dreamerjax.analysis import plots, published, tables
+from tests.conftest import REPOSITORY_ROOT
 
-REPOSITORY_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPOSITORY_ROOT.parent / 'shared' / 'reference'
 
 

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from dreamerjax.run import common, configs, logger, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT
 
 
 def debug_config(suite='classic', task='CartPole-v1', **run):

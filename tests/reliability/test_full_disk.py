@@ -10,8 +10,7 @@ import time
 import pytest
 
 from dreamerjax.run import common
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import ROOT
 
 
 @pytest.mark.reliability

@@ -18,9 +18,9 @@ import time
 import pytest
 
 from dreamerjax.run import logger
+from tests.conftest import ROOT
 from tests.damage import damage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CYCLES = 5
 STEPS = 300  # env steps of 4 envs; the first 100 are prefill
 FLAGS = ['--config=experiments/classic.py:task=CartPole-v1,debug', f'--config.run.steps={STEPS}',
