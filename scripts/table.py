@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from dreamerjax.analysis import tables  # noqa: E402
+from dreamerjax.analysis import aggregates, tables  # noqa: E402
 from dreamerjax.run import cli  # noqa: E402
 from dreamerjax.run.logger import RETURN_KEY  # noqa: E402
 
@@ -23,7 +23,7 @@ _OUT = flags.DEFINE_string('out', None, 'Output path without extension; default 
 _FINAL_FRACTION = flags.DEFINE_float(
     'final_fraction', tables.FINAL_FRACTION, 'Score episodes ending in this last fraction of the '
     'budget.')
-_BOOTSTRAP_REPS = flags.DEFINE_integer('bootstrap_reps', tables.BOOTSTRAP_REPS,
+_BOOTSTRAP_REPS = flags.DEFINE_integer('bootstrap_reps', aggregates.BOOTSTRAP_REPS,
                                        'Bootstrap resamples for the confidence intervals.')
 _BOOTSTRAP_SEED = flags.DEFINE_integer('bootstrap_seed', 0, 'Seed of the bootstrap.')
 _INCLUDE_PARTIAL = flags.DEFINE_bool('include_partial', False,

@@ -4,7 +4,7 @@ Rows are the memory span (L of CueRecall-L, k of RepeatPrevious-k), columns the 
 
 * success: the score of each seed (`tables.score_run` on `eval/success`: its mean over the
   evaluations in the last 10% of the budget), as the mean over seeds with a 95% percentile
-  bootstrap interval (seeds resampled, `tables.stratified_bootstrap`);
+  bootstrap interval (seeds resampled, `aggregates.stratified_bootstrap`);
 * probe: the accuracy of what the task asks to recall (the cue; the suit k cards back) from the
   world model's filtered features at delay L or k, mean over seeds (`memory_probe.probe_run`, read
   from `<run>/memory_probe.json`; '-' if not probed);
@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from dreamerjax.analysis import memory_probe, tables
+from dreamerjax.analysis import aggregates, memory_probe, tables
 from dreamerjax.data import memory
 from dreamerjax.run import configs, sweeps
 
@@ -66,11 +66,11 @@ class Cell:
     return float(np.mean(self.scores)) if self.scores else None
 
 
-def bootstrap_interval(scores, reps: int = tables.BOOTSTRAP_REPS, seed: int = 0,
-                       confidence: float = tables.CONFIDENCE) -> tuple[float, float]:
+def bootstrap_interval(scores, reps: int = aggregates.BOOTSTRAP_REPS, seed: int = 0,
+                       confidence: float = aggregates.CONFIDENCE) -> tuple[float, float]:
   """95% percentile bootstrap interval of the mean of `scores` (seeds resampled)."""
-  return tables.stratified_bootstrap([np.asarray(scores, np.float64)], tables.aggregate_mean,
-                                     reps, seed, confidence)
+  return aggregates.stratified_bootstrap([np.asarray(scores, np.float64)],
+                                         aggregates.aggregate_mean, reps, seed, confidence)
 
 
 def steps_to_threshold(reached) -> tuple[int | None, int]:
@@ -182,7 +182,7 @@ def markdown(cells: list[Cell], tiers: list[dict] | None = None, root: str = '')
   arms_order = experiment().ARMS
   lines = [f'# Memory experiment: {root}', '',
            f'success: `{SUCCESS_KEY}` over the last 10% of the budget, mean over seeds '
-           f'[95% bootstrap interval, {tables.BOOTSTRAP_REPS} resamples] (seeds); probe: '
+           f'[95% bootstrap interval, {aggregates.BOOTSTRAP_REPS} resamples] (seeds); probe: '
            'accuracy of the cue (CueRecall; 0.5 is chance) or of the suit k cards back '
            '(RepeatPrevious; 0.25) from the filtered features at delay L or k; steps to 90%: '
            'median over seeds of the first evaluation with success >= 0.9 (seeds that got there); '

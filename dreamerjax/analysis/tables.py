@@ -4,11 +4,11 @@ Protocol (stated in every table): the score of a run is the mean ``episode/retur
 episodes that ended in the last ``final_fraction`` (default 10%) of its budget, i.e. at
 ``step > (1 - final_fraction) * run.steps``; a task's score is the mean and sample standard
 deviation over seeds. Atari scores are also human-normalized, ``(score - random) / (human -
-random)``. Aggregates follow Agarwal et al. 2021 ("rliable"): mean and median over tasks of the
-per-task mean, and the interquartile mean (IQM: mean of the middle 50% of all run x task scores),
-each with a 95% stratified bootstrap percentile interval (seeds resampled with replacement within
-each task). Atari aggregates use human-normalized scores, DMC aggregates raw returns (all tasks
-score in [0, 1000]); other tasks get no aggregate.
+random)``. Aggregates (module `aggregates`) follow Agarwal et al. 2021 ("rliable"): mean and
+median over tasks of the per-task mean, and the interquartile mean (IQM: mean of the middle 50%
+of all run x task scores), each with a 95% stratified bootstrap percentile interval (seeds
+resampled with replacement within each task). Atari aggregates use human-normalized scores, DMC
+aggregates raw returns (all tasks score in [0, 1000]); other tasks get no aggregate.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import os
 
 import numpy as np
 
-from dreamerjax.analysis import published
+from dreamerjax.analysis import aggregates, published
 from dreamerjax.run.logger import METRICS_FILE, RETURN_KEY, read_metrics
 
 CONFIG_FILE = 'config.json'
 FINAL_FRACTION = 0.1
-BOOTSTRAP_REPS = 2000
-CONFIDENCE = 0.95
 FAMILY_TITLES = {'atari': 'Atari 100k', 'dmc': 'DMC', 'other': 'Other tasks'}
 
 
@@ -222,53 +220,6 @@ def collect(root: str, final_fraction: float = FINAL_FRACTION,
     return sorted(runs, key=lambda run: (run.method, run.task, run.seed, run.name))
 
 
-# ---------------------------------------------------------------------------------------------
-# Aggregates (per-task score arrays may have a leading batch axis: shape (..., seeds)).
-
-
-def interquartile_mean(values) -> np.ndarray:
-    """Mean of the middle 50% along the last axis: sorted, ``floor(n / 4)`` values cut from each
-    end (as ``scipy.stats.trim_mean(x, 0.25)``)."""
-    values = np.sort(np.asarray(values, np.float64), axis=-1)
-    count = values.shape[-1]
-    cut = int(0.25 * count)
-    return values[..., cut:count - cut].mean(axis=-1)
-
-
-def aggregate_mean(per_task: list[np.ndarray]) -> np.ndarray:
-    """Mean over tasks of the per-task mean over seeds."""
-    return np.mean(np.stack([np.mean(x, axis=-1) for x in per_task], axis=-1), axis=-1)
-
-
-def aggregate_median(per_task: list[np.ndarray]) -> np.ndarray:
-    """Median over tasks of the per-task mean over seeds."""
-    return np.median(np.stack([np.mean(x, axis=-1) for x in per_task], axis=-1), axis=-1)
-
-
-def aggregate_iqm(per_task: list[np.ndarray]) -> np.ndarray:
-    """Interquartile mean of all run x task scores pooled together."""
-    return interquartile_mean(np.concatenate([np.asarray(x, np.float64) for x in per_task],
-                                             axis=-1))
-
-
-STATISTICS = {'mean': aggregate_mean, 'median': aggregate_median, 'IQM': aggregate_iqm}
-
-
-def stratified_bootstrap(per_task: list, statistic, reps: int = BOOTSTRAP_REPS, seed: int = 0,
-                         confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Percentile interval of ``statistic`` over ``reps`` resamples that draw each task's seeds
-    with replacement, independently per task (as many draws as the task has seeds)."""
-    rng = np.random.default_rng(seed)
-    resampled = []
-    for scores in per_task:
-        scores = np.asarray(scores, np.float64)
-        resampled.append(scores[rng.integers(0, len(scores), size=(reps, len(scores)))])
-    values = statistic(resampled)
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
-
-
 def _our_aggregates(family: str, method: str, rows: list[TaskRow], reps: int,
                     seed: int) -> list[Aggregate]:
     rows = [row for row in rows if row.scores]
@@ -277,8 +228,8 @@ def _our_aggregates(family: str, method: str, rows: list[TaskRow], reps: int,
     per_task = [np.asarray(row.normalized if family == 'atari' else row.scores) for row in rows]
     runs = sum(len(row.scores) for row in rows)
     result = []
-    for name, statistic in STATISTICS.items():
-        low, high = stratified_bootstrap(per_task, statistic, reps, seed)
+    for name, statistic in aggregates.STATISTICS.items():
+        low, high = aggregates.stratified_bootstrap(per_task, statistic, reps, seed)
         result.append(Aggregate(family, method, False, name, float(statistic(per_task)), low,
                                 high, len(rows), runs))
     return result
@@ -300,8 +251,8 @@ def _published_aggregates(family: str, tasks: list[str], budget: int,
             continue
         per_task = [np.asarray([value]) for value in values]
         for name in ('mean', 'median'):
-            result.append(Aggregate(family, label, True, name, float(STATISTICS[name](per_task)),
-                                    None, None, len(tasks), 0))
+            point = float(aggregates.STATISTICS[name](per_task))
+            result.append(Aggregate(family, label, True, name, point, None, None, len(tasks), 0))
         result.append(Aggregate(family, label, True, 'IQM', None, None, None, len(tasks), 0))
     return result
 
@@ -324,7 +275,7 @@ def baselines(family: str, task: str, budget: int,
 
 
 def build_table(root: str, final_fraction: float = FINAL_FRACTION,
-                bootstrap_reps: int = BOOTSTRAP_REPS, bootstrap_seed: int = 0,
+                bootstrap_reps: int = aggregates.BOOTSTRAP_REPS, bootstrap_seed: int = 0,
                 include_partial: bool = False, key: str = RETURN_KEY,
                 threshold: float | None = None) -> Table:
     """Scores every run of a sweep folder and computes per-task rows and aggregates. Only
@@ -345,24 +296,24 @@ def build_table(root: str, final_fraction: float = FINAL_FRACTION,
             seeds=tuple(run.seed for run in counted),
             scores=tuple(run.score for run in counted),
             from_pixels=any(run.from_pixels for run in members)))
-    aggregates = []
+    summaries = []
     for family in ('atari', 'dmc'):
         family_rows = [row for row in rows if row.family == family]
         methods = sorted({row.method for row in family_rows})
         for method in methods:
             method_rows = [row for row in family_rows if row.method == method]
-            aggregates += _our_aggregates(family, method, method_rows, bootstrap_reps,
-                                          bootstrap_seed)
+            summaries += _our_aggregates(family, method, method_rows, bootstrap_reps,
+                                         bootstrap_seed)
         if family_rows:
             tasks = sorted({row.task for row in family_rows if row.scores})
             if tasks:
                 budget = max(row.budget for row in family_rows)
                 from_pixels = any(row.from_pixels for row in family_rows)
-                aggregates += _published_aggregates(family, tasks, budget, from_pixels)
+                summaries += _published_aggregates(family, tasks, budget, from_pixels)
     return Table(root=os.path.normpath(root), key=key, final_fraction=final_fraction,
                  bootstrap_reps=bootstrap_reps, bootstrap_seed=bootstrap_seed,
                  include_partial=include_partial, threshold=threshold, runs=tuple(runs),
-                 rows=tuple(rows), aggregates=tuple(aggregates))
+                 rows=tuple(rows), aggregates=tuple(summaries))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,8 +401,8 @@ def _family_section(table: Table, family: str) -> list[str]:
 
 
 def _aggregate_section(table: Table, family: str) -> list[str]:
-    aggregates = [item for item in table.aggregates if item.family == family]
-    if not aggregates:
+    summaries = [item for item in table.aggregates if item.family == family]
+    if not summaries:
         return []
     unit = 'human-normalized' if family == 'atari' else 'raw return'
     lines = [f'## {FAMILY_TITLES[family]}: aggregates ({unit})', '',
@@ -459,13 +410,13 @@ def _aggregate_section(table: Table, family: str) -> list[str]:
              '|---|---|---|---|---|---|']
     digits = 3 if family == 'atari' else 1
     grouped: dict[tuple[str, bool], dict[str, Aggregate]] = collections.defaultdict(dict)
-    for item in aggregates:
+    for item in summaries:
         grouped[(item.method, item.published)][item.statistic] = item
     for (method, is_published), items in grouped.items():
         first = next(iter(items.values()))
         cells = [f'{method} (published per-task means)' if is_published else f'ours: {method}',
                  str(first.tasks), str(first.runs) if not is_published else '-']
-        for name in STATISTICS:
+        for name in aggregates.STATISTICS:
             item = items.get(name)
             if item is None or item.value is None:
                 cells.append('n/a')
