@@ -17,9 +17,7 @@ ROOT = str(REPOSITORY_ROOT)  # the same, as a string: subprocess arguments and g
 # Both flags are for tests only: at full optimization the older emitters compile the 1m image
 # update slower and run it slower (docs/benchmarks.md, "Compile time in the test suite").
 TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
-# Test modules import this file as `tests.conftest`, a second copy of it: append the flags once.
-if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(REPOSITORY_ROOT / '.pytest_cache' / 'xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
