@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamerjax.analysis import benchmark
-from dreamerjax.run import configs
+from dreamerjax.run import configs, sweeps
 
 ATARI100K_STEPS = 100_000
 
@@ -89,7 +89,7 @@ def atari_projection(size: str, repeats: int, acting_steps: int, step: dict | No
   Updates are counted at the suite's batch (16 x 64); the update is timed at `batch x length`
   (the suite's where None), or `step`, a `train_step_record` of that size in float32 that the
   suite already made, is used as it is."""
-  module = configs.load_file(os.path.join(_root(), 'experiments', 'atari100k.py'))
+  module = configs.load_file(os.path.join(sweeps.REPOSITORY_ROOT, 'experiments', 'atari100k.py'))
   suite = {**module.SUITE, 'size': size}
   run = module.get_config(f'size={size}').run
   batch, length = batch or run.batch_size, length or run.batch_length
@@ -104,10 +104,6 @@ def atari_projection(size: str, repeats: int, acting_steps: int, step: dict | No
           'step_batch': [step['batch'], step['length']],
           'step_s': step['step_s'], 'acting_env_steps_per_s': acting['env_steps_per_s'],
           'projected_hours': round(seconds / 3600, 3)}
-
-
-def _root() -> str:
-  return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_suite(out: str, sizes=('12m', '50m'), dtypes=('float32', 'bfloat16'), seeds: int = 8,

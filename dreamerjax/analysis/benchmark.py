@@ -25,7 +25,7 @@ from dreamerjax.agents.agent import Agent
 from dreamerjax.analysis.conv_timing import layer_arrays
 from dreamerjax.analysis.flops import matmul_flops, matmul_peak
 from dreamerjax.models import convs, nets
-from dreamerjax.run import allocator, configs, logger, parallel, train
+from dreamerjax.run import allocator, configs, logger, parallel, sweeps, train
 
 OBS_SPACES = {'vector': {'vector': ((17,), np.float32)},
               'image': {'image': ((64, 64, 3), np.uint8)}}
@@ -211,7 +211,7 @@ def _subprocess_record(call: str, device_count: int | None = None) -> subprocess
     flags = environment.get('XLA_FLAGS', '').replace('--xla_force_host_platform_device_count', '')
     environment['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count={device_count}'
     environment['JAX_PLATFORMS'] = 'cpu'
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = str(sweeps.REPOSITORY_ROOT)
   environment['PYTHONPATH'] = os.pathsep.join(filter(None, [root, environment.get('PYTHONPATH')]))
   code = ('import json\nfrom dreamerjax.analysis import benchmark\n'
           f'print("RECORD", json.dumps({call}))')

@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 import dreamerjax
+from dreamerjax.run import sweeps
 
 REPOSITORY = 'https://github.com/danijar/dreamerv3'
 COMMIT = 'e3f02248693a79dc8b0ebd62c93683888ddaccfe'  # 2024 head: "Fix Atari frame maxpooling"
@@ -39,7 +40,7 @@ REQUIREMENTS = ('jax==0.4.33', 'jaxlib==0.4.33', 'numpy==1.26.4', 'chex==0.1.90'
                 'einops==0.8.2', 'elements==3.22.4', 'ninjax==3.6.3', 'optax==0.2.5',
                 'portal==3.8.3', 'cloudpickle==3.1.3', 'ruamel.yaml==0.19.1')
 DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'public_driver.py')
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = str(sweeps.REPOSITORY_ROOT)
 PARTS = ('encoder', 'dynamics', 'decoder', 'reward', 'continue', 'actor', 'critic')
 
 
