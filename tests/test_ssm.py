@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_agent import B, T, make_agent, make_batch, train_and_act
-from test_transformer import observe_ones, observed
 
 from dreamerjax.models import ssm
 from dreamerjax.run import configs, validation
+from tests.test_agent import B, T, make_agent, make_batch, train_and_act
+from tests.test_transformer import observe_ones, observed
 
 A = 3
 

@@ -5,9 +5,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_agent import B, T, make_agent, make_batch, train_and_act
 
 from dreamerjax.run import configs, validation
+from tests.test_agent import B, T, make_agent, make_batch, train_and_act
 
 A = 3
 
