@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import importlib.metadata
 import os
 import pathlib
 import subprocess
@@ -16,7 +17,10 @@ ROOT = str(REPOSITORY_ROOT)  # the same, as a string: subprocess arguments and g
 # compile at that level), and share compiled programs between test processes and subprocesses.
 # Both flags are for tests only: at full optimization the older emitters compile the 1m image
 # update slower and run it slower (docs/benchmarks.md, "Compile time in the test suite").
-TEST_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+# jaxlib 0.11 has only the new emitters and aborts on the flag ("Unknown flag in XLA_FLAGS").
+_JAXLIB = tuple(int(part) for part in importlib.metadata.version('jaxlib').split('.')[:2])
+TEST_XLA_FLAGS = ' '.join(['--xla_backend_optimization_level=0',
+                           *(['--xla_cpu_use_fusion_emitters=false'] if _JAXLIB < (0, 11) else [])])
 os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(REPOSITORY_ROOT / '.pytest_cache' / 'xla'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')

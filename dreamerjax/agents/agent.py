@@ -31,7 +31,7 @@ def _optimizer(lr: float, eps: float, clip: float) -> optax.GradientTransformati
 def _update(tx, grads, opt_state, params):
   with jax.named_scope('optimizer'):
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
 @dataclasses.dataclass(frozen=True)
