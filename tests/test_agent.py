@@ -211,6 +211,40 @@ def test_nonfinite_loss_raises_and_keeps_state():
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.params))
 
 
+def test_flat_optimizer_takes_the_per_leaf_steps():
+  # Adam on one raveled vector (`optim.flat`, the default without param rules) against Adam per
+  # leaf: the same parameters and gradient norms after 3 updates, and the moments one vector.
+  runs = {}
+  for flat in (True, False):
+    agent = make_agent(optim={'flat': flat})
+    state, batch = agent.init(jax.random.key(0)), make_batch(agent)
+    step, norms = jax.jit(agent.train_step), []
+    for _ in range(3):
+      state, metrics = step(state, batch)
+      norms.append([float(metrics[k]) for k in ('wm/grad_norm', 'ac/actor_grad_norm',
+                                                'ac/critic_grad_norm')])
+    runs[flat] = state, np.array(norms)
+  (flat, flat_norms), (leafwise, leaf_norms) = runs[True], runs[False]
+  assert flat.opt_state['world_model'][1][0].mu.ndim == 1
+  assert isinstance(leafwise.opt_state['world_model'][1][0].mu, dict)
+  assert np.all(flat_norms > 0)
+  np.testing.assert_allclose(flat_norms, leaf_norms, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               jax.device_get(flat.params), jax.device_get(leafwise.params))
+  flat_count = flat.opt_state['world_model'][1][0].mu.size
+  assert flat_count == nets.count_params(leafwise.params['world_model'])
+
+
+def test_optimizer_is_flat_unless_param_rules_shard_the_moments():
+  assert small_config().optim.flat is True
+  config = configs.base()
+  config.parallel.param_rules = (('kernel$', ('data', None)),)
+  assert configs.resolve(config).optim.flat is False
+  config.optim.flat = True
+  with pytest.raises(validation.ConfigError, match='cannot shard like the parameters'):
+    validation.validate(configs.resolve(config), num_devices=1)
+
+
 @pytest.mark.parametrize('channels,outputs', [
     (3, 6),    # more outputs than inputs: the patch (im2col) form
     (8, 1)])   # few outputs (the decoder's last layer): the overlap-add form with its own VJP

@@ -52,7 +52,13 @@ def test_train_step_on_8_devices_matches_1_device(run_with_devices):
     RULES = (('(actor|critic|cont|reward)/params/MLP_0/.*kernel$', ('data', None)),
              ('dynamics/params/gru_hidden/kernel$', (None, 'data', None)))
 
+    # FSDP shards Adam's moments like their parameters, so it needs them per leaf
+    # (`optim.flat=False`, what `configs.resolve` picks when `parallel.param_rules` are set).
+    flat, config.optim.flat = agent, False
+    leafwise = Agent(config, SPACE, True, 3)
+
     def train(devices, rules=()):
+      agent = leafwise if rules else flat
       layout = parallel.Layout(parallel.make_mesh(devices))
       shardings = parallel.state_shardings(
           layout, jax.eval_shape(agent.init, jax.random.key(0)), rules)
@@ -70,6 +76,7 @@ def test_train_step_on_8_devices_matches_1_device(run_with_devices):
 
     reference, reference_losses, _ = train(1)
     for name, devices, rules in (('dp', 8, ()), ('fsdp', 8, RULES)):
+      # The flat optimizer (the default) and the per-leaf one take the same steps.
       state, losses, program = train(devices, rules)
       np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
       for want, got in zip(jax.tree.leaves(parallel.to_host(reference.params)),
@@ -77,13 +84,14 @@ def test_train_step_on_8_devices_matches_1_device(run_with_devices):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
       assert 'all-reduce' in program  # the gradient mean over devices
       kernel = state.params['world_model']['dynamics']['params']['gru_hidden']['kernel']
-      moment = state.opt_state['world_model'][1][0].mu['dynamics']['params']['gru_hidden']
-      print(name, kernel.sharding.spec, moment['kernel'].sharding.spec,
+      moment = state.opt_state['world_model'][1][0].mu
+      moment = moment['dynamics']['params']['gru_hidden']['kernel'] if rules else moment
+      print(name, kernel.sharding.spec, moment.sharding.spec, moment.ndim,
             kernel.addressable_shards[0].data.shape)
     print('losses', reference_losses)
   ''', device_count=8)
-  assert 'dp P() P() (2, 128, 32)' in output  # replicated: every device holds it whole
-  assert "fsdp P(None, 'data', None) P(None, 'data', None) (2, 16, 32)" in output
+  assert 'dp P() P() 1 (2, 128, 32)' in output  # replicated, the moments one flat vector
+  assert "fsdp P(None, 'data', None) P(None, 'data', None) 3 (2, 16, 32)" in output
 
 
 def test_tiny_run_on_8_devices(run_with_devices, tmp_path):

@@ -209,6 +209,19 @@ def test_a_run_saved_before_a_key_existed_still_resumes(tmp_path):
   assert common._config_differences(config, str(path)) == ['model.prior_layers: saved 1, now 2']
 
 
+def test_a_run_saved_before_flat_moments_resumes_with_them_per_leaf(tmp_path):
+  # Before `optim.flat` existed the moments were kept per leaf, so such a run's checkpoints
+  # restore only with --config.optim.flat=False, and the config check names that key.
+  config = configs.resolve(debug_config(steps=100))
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved['optim']['flat']
+  path = tmp_path / 'config.json'
+  path.write_text(json.dumps(saved))
+  assert common._config_differences(config, str(path)) == ['optim.flat: saved False, now True']
+  config.optim.flat = False
+  assert common._config_differences(config, str(path)) == []
+
+
 def test_batch_not_divisible_by_devices(run_with_devices):
   output = run_with_devices('''
       from dreamerjax.run import configs, train

@@ -114,11 +114,13 @@ def xla_flops(compiled: jax.stages.Compiled) -> float:
 
 
 def bench_agent(size: str, obs: str, actions: int = 17, variant: str = 'dreamerv3',
-                model: dict | None = None) -> Agent:
-  """The agent of a benchmark: preset `size`, `variant`, `model` keys overriding the preset."""
+                model: dict | None = None, optim: dict | None = None) -> Agent:
+  """The agent of a benchmark: preset `size`, `variant`, `model` and `optim` keys overriding the
+  preset."""
   config = configs.base()
   config.size, config.variant = size, variant
-  configs.update(config, {'model': model or {}})  # before the presets: model.arch picks some
+  # Before the presets: model.arch picks some.
+  configs.update(config, {'model': model or {}, 'optim': optim or {}})
   config = configs.resolve(config)
   return Agent(config, OBS_SPACES[obs], True, actions)
 
@@ -147,12 +149,13 @@ def matched_transformer(size: str, obs: str = 'vector', actions: int = 17) -> di
 
 def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, actions: int = 17,
                       repeats: int = 7, variant: str = 'dreamerv3',
-                      model: dict | None = None, pause_s: float = 0.0) -> dict:
+                      model: dict | None = None, pause_s: float = 0.0,
+                      optim: dict | None = None) -> dict:
   """Compile time, seconds per step (median of `repeats` calls, each after `pause_s` seconds of
   sleep; `step_s_calls` holds each), the per-call scratch memory (`scratch_bytes`), XLA FLOPs
   (`cost_analysis`, which counts loop bodies once), matrix-product FLOPs with every loop step
   counted (`matmul_flops`) and achieved FLOP/s."""
-  agent = bench_agent(size, obs, actions, variant, model)
+  agent = bench_agent(size, obs, actions, variant, model, optim)
   state = jax.jit(agent.init)(jax.random.key(0))
   data = synthetic_batch(OBS_SPACES[obs], batch, length, actions)
   params = agent.param_counts(state)
@@ -161,7 +164,8 @@ def train_step_record(size: str, obs: str, batch: int = 16, length: int = 64, ac
   timing = _compile_and_time(step, state, data, repeats, pause_s=pause_s)
   compile_s, step_s, calls = timing.compile_s, timing.step_s, timing.calls
   flops = xla_flops(timing.compiled)
-  return {'preset': size, 'obs': obs, 'variant': variant, 'model': model or {}, 'batch': batch,
+  return {'preset': size, 'obs': obs, 'variant': variant, 'model': model or {},
+          'optim': optim or {}, 'batch': batch,
           'length': length, 'pause_s': pause_s,
           'params': params['total'], 'params_by_part': params, 'compile_s': round(compile_s, 3),
           'step_s': round(step_s, 4), 'step_s_calls': [round(t, 3) for t in calls],

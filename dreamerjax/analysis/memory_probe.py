@@ -269,7 +269,8 @@ def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, l
       sample_key, loss_key = jax.random.split(key)
       batch = replay.sample(buffer, sample_key, batch_size, length)
       (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, batch, loss_key)
-      params, opt_state, _ = _update(tx, grads, opt_state, params)
+      params, opt_state, _ = _update(tx, grads, opt_state, params,
+                                     agent.config.optim.flat)
       return (params, opt_state), loss
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
                                                jax.random.split(key, chunk))

@@ -103,7 +103,7 @@ def _config_differences(config: ml_collections.ConfigDict, path: str) -> list[st
   saved = _flatten(raw)
   new = _flatten(json.loads(json.dumps(config.to_dict())))
   # A run saved before a key existed ran with the value that key now resolves to for it (its
-  # default, or what its size and variant fill in).
+  # default, or what its size and variant fill in), or with the value `configs.BEFORE_KEY` names.
   defaults = configs.base()
   configs.update(defaults, raw)
   try:
@@ -111,6 +111,7 @@ def _config_differences(config: ml_collections.ConfigDict, path: str) -> list[st
   except Exception:  # noqa: BLE001 - a saved config this code cannot resolve: plain defaults
     defaults = configs.base()
   defaults = _flatten(json.loads(json.dumps(defaults.to_dict())))
+  defaults.update(configs.BEFORE_KEY)
   saved = {**{k: v for k, v in defaults.items() if k in new}, **saved}
   differ = sorted(k for k in set(saved) | set(new) if k not in RESUMABLE_CHANGES
                   and saved.get(k, '<unset>') != new.get(k, '<unset>'))

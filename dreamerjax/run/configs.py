@@ -290,6 +290,9 @@ def _optim_section() -> ml_collections.ConfigDict:
   for key in ('model_lr', 'actor_lr', 'critic_lr'):
     c[key] = _placeholder(float)
   c.update(eps=1e-8, actor_critic_eps=1e-5, model_clip=1000.0, actor_critic_clip=100.0)
+  # Adam on each optimizer's parameters raveled into one vector (agent._optimizer). Unset: flat
+  # unless parallel.param_rules shard the moments per parameter leaf.
+  c.flat = _placeholder(bool)
   return c
 
 
@@ -309,6 +312,9 @@ def base() -> ml_collections.ConfigDict:
 
 
 OPTIONS = {'task', 'variant', 'size', 'seed', 'debug'}
+# What a run saved before one of these keys existed ran with, where that is not the key's default
+# (checked on resume: common.prepare_workdir). Before `optim.flat`, moments were kept per leaf.
+BEFORE_KEY = {'optim.flat': False}
 
 # `debug` shrinks a run to seconds: for tests and for checking that a command works.
 DEBUG = {
@@ -418,4 +424,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       for key, value in values.items():
         if config[section][key] is None:
           config[section][key] = value
+  if config.optim.flat is None:
+    config.optim.flat = not config.parallel.param_rules
   return config

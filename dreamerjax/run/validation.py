@@ -207,6 +207,10 @@ def _cross_field_problems(config: ml_collections.ConfigDict, num_devices: int) -
 
   run, model, agent = config.run, config.model, config.agent
   problems = list(parallel.check_rules(config.parallel.param_rules))
+  if config.optim.flat and config.parallel.param_rules:
+    problems.append('--config.optim.flat=True keeps each optimizer\'s Adam moments in one vector, '
+                    'which --config.parallel.param_rules cannot shard like the parameters; set '
+                    '--config.optim.flat=False or leave it unset')
   for name in ('batch_size', 'envs'):
     if run[name] % num_devices:
       problems.append(f'--config.run.{name}={run[name]} is not divisible by the {num_devices} '
