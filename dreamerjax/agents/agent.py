@@ -33,19 +33,6 @@ def _optimizer(lr: float, eps: float, clip: float, flat: bool) -> optax.Gradient
   return optax.flatten(tx) if flat else tx
 
 
-def _update(tx, grads, opt_state, params, flat: bool):
-  """New parameters and optimizer state, and the gradients' global norm (from the same raveled
-  vector as the flat optimizer's clipping, so no kernel per leaf computes it again)."""
-  with jax.named_scope('optimizer'):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    if flat:
-      raveled = ravel_pytree(grads)[0]
-      norm = jnp.sqrt(jnp.sum(jnp.square(raveled)))
-    else:
-      norm = optax.tree.norm(grads)
-    return optax.apply_updates(params, updates), opt_state, norm
-
-
 @dataclasses.dataclass(frozen=True)
 class Agent:
   """Static description of an agent: modules, optimizers and config. Holds no arrays."""
@@ -94,6 +81,20 @@ class Agent:
 
   # --------------------------------------------------------------------------- training
 
+  def apply_gradients(self, group: str, grads, opt_state, params):
+    """One optimizer step of `group` ('world_model', 'actor' or 'critic'): the new parameters
+    and optimizer state, and the gradients' global norm. With `optim.flat` the norm comes from
+    the same raveled vector as the optimizer's clipping, so no kernel per leaf computes it
+    again."""
+    with jax.named_scope('optimizer'):
+      updates, opt_state = self.optimizers[group].update(grads, opt_state, params)
+      if self.config.optim.flat:
+        raveled = ravel_pytree(grads)[0]
+        norm = jnp.sqrt(jnp.sum(jnp.square(raveled)))
+      else:
+        norm = optax.tree.norm(grads)
+      return optax.apply_updates(params, updates), opt_state, norm
+
   def train_step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     """One update of world model, actor and critic. Non-finite losses leave the state unchanged
     (apart from `step` and `rng`) and set `train/nonfinite`, which the loop turns into an error."""
@@ -101,9 +102,8 @@ class Agent:
     params = state.params
     (_, (features, wm_metrics)), wm_grads = jax.value_and_grad(
         self.world_model.loss, has_aux=True)(params['world_model'], batch, wm_key)
-    wm_params, wm_opt, wm_norm = _update(self.optimizers['world_model'], wm_grads,
-                                         state.opt_state['world_model'], params['world_model'],
-                                         self.config.optim.flat)
+    wm_params, wm_opt, wm_norm = self.apply_gradients(
+        'world_model', wm_grads, state.opt_state['world_model'], params['world_model'])
 
     with jax.named_scope('starts'):
       starts = self.behavior.starts(params['world_model'], features, batch)
@@ -145,18 +145,16 @@ class Agent:
     (actor_loss, aux), actor_grads = behavior.actor_value_and_grad(
         params['actor'], params['world_model'], params['critic'], state.slow_critic,
         state.return_norm, starts, start_cont, img_key)
-    actor_params, actor_opt, actor_norm = _update(self.optimizers['actor'], actor_grads,
-                                                  state.opt_state['actor'], params['actor'],
-                                                  self.config.optim.flat)
+    actor_params, actor_opt, actor_norm = self.apply_gradients(
+        'actor', actor_grads, state.opt_state['actor'], params['actor'])
     replay_targets = None
     if replay is not None and self.config.agent.replay_critic > 0:
       boot = aux['returns'][:, 0].reshape(replay['reward'].shape)
       replay_targets = behavior.replay_targets(state.slow_critic, replay, boot)
     (critic_loss, critic_metrics), critic_grads = behavior.critic_value_and_grad(
         params['critic'], aux, replay_targets)
-    critic_params, critic_opt, critic_norm = _update(self.optimizers['critic'], critic_grads,
-                                                     state.opt_state['critic'], params['critic'],
-                                                     self.config.optim.flat)
+    critic_params, critic_opt, critic_norm = self.apply_gradients(
+        'critic', critic_grads, state.opt_state['critic'], params['critic'])
     rate = self.config.agent.slow_critic_rate
     slow_critic = jax.tree.map(lambda s, p: (1 - rate) * s + rate * p, state.slow_critic,
                                critic_params)

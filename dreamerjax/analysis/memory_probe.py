@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dreamerjax.agents.agent import Agent, _update
+from dreamerjax.agents.agent import Agent
 from dreamerjax.analysis import probes
 from dreamerjax.data import jax_envs, memory, replay
 from dreamerjax.run import common, configs, validation
@@ -269,8 +269,7 @@ def train_world_model(agent: Agent, data: dict, updates: int, batch_size: int, l
       sample_key, loss_key = jax.random.split(key)
       batch = replay.sample(buffer, sample_key, batch_size, length)
       (loss, _), grads = jax.value_and_grad(model.loss, has_aux=True)(params, batch, loss_key)
-      params, opt_state, _ = _update(tx, grads, opt_state, params,
-                                     agent.config.optim.flat)
+      params, opt_state, _ = agent.apply_gradients('world_model', grads, opt_state, params)
       return (params, opt_state), loss
     (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
                                                jax.random.split(key, chunk))
